@@ -1,0 +1,1 @@
+"""The helpdesk SQL store: models, engine, service layer, query language."""
