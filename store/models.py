@@ -567,6 +567,8 @@ class Outbox(Base):
     message_id: Mapped[str] = mapped_column(String(998), unique=True)
     mail_from: Mapped[str] = mapped_column(String(320), default="")
     rcpt_to: Mapped[list[str]] = mapped_column(default=list)
+    #: The single recipient of automatic mail (for per-sender rate limits).
+    rcpt_to_key: Mapped[str | None] = mapped_column(String(320), index=True)
     raw: Mapped[bytes | None] = mapped_column(LargeBinary)
     kind: Mapped[str] = mapped_column(String(20), default="reply")
     status: Mapped[str] = mapped_column(String(20), default="queued")

@@ -370,6 +370,7 @@ def upgrade() -> None:
     sa.Column('message_id', sa.String(length=998), nullable=False),
     sa.Column('mail_from', sa.String(length=320), nullable=False),
     sa.Column('rcpt_to', sa.JSON(), nullable=False),
+    sa.Column('rcpt_to_key', sa.String(length=320), nullable=True),
     sa.Column('raw', sa.LargeBinary(), nullable=True),
     sa.Column('kind', sa.String(length=20), nullable=False),
     sa.Column('status', sa.String(length=20), nullable=False),
@@ -385,6 +386,7 @@ def upgrade() -> None:
     with op.batch_alter_table('outbox', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_outbox_article_id'), ['article_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_outbox_ticket_id'), ['ticket_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_outbox_rcpt_to_key'), ['rcpt_to_key'], unique=False)
 
     _create_search()
     op.execute("INSERT INTO counters (name, value) VALUES ('ticket', 1000)")

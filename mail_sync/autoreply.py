@@ -1,0 +1,112 @@
+"""Automatic acknowledgements for new tickets (RFC 3834): never to robots, lists or ourselves; rate-limited."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from store.models import Article, ArticleKind, CannedResponse, Outbox, Queue, Ticket
+from store.service import Service, new_message_id
+
+DEFAULT_LIMIT_PER_HOUR = 3
+
+
+async def own_addresses(session: AsyncSession) -> set[str]:
+    """Every address our queues receive on (never acknowledge these)."""
+    addrs: set[str] = set()
+    for q in (await session.execute(select(Queue))).scalars():
+        addrs.update(a.lower() for a in q.addresses)
+    return addrs
+
+
+def suppression_reason(
+    *, sender: str, auto_submitted: bool, is_bulk_or_list: bool, is_bounce: bool, ours: set[str]
+) -> str | None:
+    """Why no automatic reply may go to this sender, or None if one may."""
+    s = (sender or "").strip().lower()
+    if not s or s == "<>":
+        return "no return address"
+    if auto_submitted:
+        return "sender mail is automatic (Auto-Submitted / auto-reply headers)"
+    if is_bulk_or_list:
+        return "sender mail is bulk or from a mailing list"
+    if is_bounce:
+        return "sender mail is a delivery report"
+    local = s.partition("@")[0]
+    if local in {"mailer-daemon", "postmaster", "noreply", "no-reply", "donotreply", "do-not-reply"}:
+        return f"sender {s} does not take replies"
+    if s in ours:
+        return "sender is one of our own addresses"
+    return None
+
+
+async def queue_acknowledgement(
+    service: Service,
+    session: AsyncSession,
+    ticket: Ticket,
+    *,
+    sender: str,
+    auto_submitted: bool = False,
+    is_bulk_or_list: bool = False,
+    is_bounce: bool = False,
+    domain: str = "helpdesk.invalid",
+) -> str:
+    """Queue the queue's acknowledgement for a new ticket if allowed; returns what happened."""
+    queue = ticket.queue
+    settings: dict[str, Any] = dict(queue.settings or {}) if queue else {}
+    template_name = settings.get("ack")
+    if not template_name:
+        return "no acknowledgement configured for this queue"
+    reason = suppression_reason(
+        sender=sender, auto_submitted=auto_submitted, is_bulk_or_list=is_bulk_or_list,
+        is_bounce=is_bounce, ours=await own_addresses(session),
+    )
+    if reason:
+        return f"acknowledgement suppressed: {reason}"
+    limit = int(settings.get("ack_limit_per_hour", DEFAULT_LIMIT_PER_HOUR))
+    since = service.clock() - timedelta(hours=1)
+    sent = (await session.execute(
+        select(func.count()).select_from(Outbox).where(
+            Outbox.kind == "ack", Outbox.created_at >= since, Outbox.rcpt_to_key == sender.lower()
+        )
+    )).scalar_one()
+    if sent >= limit:
+        return f"acknowledgement suppressed: {sent} already sent to {sender} in the last hour (limit {limit})"
+    canned = (await session.execute(
+        select(CannedResponse).where(CannedResponse.name == template_name, CannedResponse.owner_id.is_(None))
+    )).scalar_one_or_none()
+    if canned is None:
+        return f"acknowledgement template {template_name!r} not found"
+    from store.templates import render
+
+    customer = ticket.customer
+    rendered = render(canned.body, {
+        "customer": {"name": customer.name if customer else "", "email": sender,
+                     "first_name": (customer.name.split() or [""])[0] if customer and customer.name else ""},
+        "ticket": {"number": ticket.number, "subject": ticket.subject},
+        "agent": {"name": queue.name if queue else "Support", "first_name": queue.name if queue else "Support"},
+        "organization": {"name": ticket.organization.name if ticket.organization else ""},
+    })
+    if rendered.unknown:
+        return f"acknowledgement not sent: template has unknown variables {', '.join(rendered.unknown)}"
+    first = (await session.execute(
+        select(Article).where(Article.ticket_id == ticket.id).order_by(Article.id).limit(1)
+    )).unique().scalar_one_or_none()
+    msgid = new_message_id(domain, ticket.number)
+    article = Article(
+        ticket_id=ticket.id, kind=ArticleKind.EMAIL_OUT.value, to_addrs=sender,
+        subject=f"Re: {ticket.subject}", message_id=msgid,
+        in_reply_to=first.message_id if first else None,
+        references=f"<{first.message_id}>" if first and first.message_id else None,
+        body_text=rendered.text, delivery_status="queued", meta={"auto": "ack"},
+        created_at=service.clock(),
+    )
+    session.add(article)
+    await session.flush()
+    session.add(Outbox(article_id=article.id, ticket_id=ticket.id, message_id=msgid, rcpt_to=[sender],
+                       rcpt_to_key=sender.lower(), kind="ack", status="queued",
+                       next_attempt_at=service.clock(), created_at=service.clock()))
+    return "acknowledgement queued"
