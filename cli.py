@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -31,7 +32,9 @@ EXIT_CONFLICT = 4
 EXIT_INVALID = 5
 EXIT_DATABASE = 6
 
-app = typer.Typer(help="A keyboard-first helpdesk in the terminal.", no_args_is_help=False, add_completion=False)
+app = typer.Typer(
+    help="A keyboard-first helpdesk in the terminal.", no_args_is_help=False, add_completion=False
+)
 db_app = typer.Typer(help="Schema and database maintenance.", no_args_is_help=True)
 agent_app = typer.Typer(help="Support agents (login = Unix user).", no_args_is_help=True)
 queue_app = typer.Typer(help="Ticket queues.", no_args_is_help=True)
@@ -41,18 +44,37 @@ view_app = typer.Typer(help="Saved views (named queries).", no_args_is_help=True
 priority_app = typer.Typer(help="Priority policy: impact x urgency.", no_args_is_help=True)
 status_app = typer.Typer(help="Status labels shown to agents and customers.", no_args_is_help=True)
 org_app = typer.Typer(help="Customer organizations.", no_args_is_help=True)
-for sub, name in [(db_app, "db"), (agent_app, "agent"), (queue_app, "queue"), (ticket_app, "ticket"),
-                  (canned_app, "canned"), (view_app, "view"), (priority_app, "priority"),
-                  (status_app, "status"), (org_app, "org")]:
+for sub, name in [
+    (db_app, "db"),
+    (agent_app, "agent"),
+    (queue_app, "queue"),
+    (ticket_app, "ticket"),
+    (canned_app, "canned"),
+    (view_app, "view"),
+    (priority_app, "priority"),
+    (status_app, "status"),
+    (org_app, "org"),
+]:
     app.add_typer(sub, name=name)
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-DbOpt = Annotated[str | None, typer.Option("--db", help="Database URL (sqlite:///PATH or postgresql://...).",
-                                           envvar="HELPDESK_DB", show_envvar=True)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output with stable field names.")]
-AsOpt = Annotated[str | None, typer.Option("--as", help="Act as this agent login (default: the Unix user).")]
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Database URL (sqlite:///PATH or postgresql://...).",
+        envvar="HELPDESK_DB",
+        show_envvar=True,
+    ),
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Machine-readable output with stable field names.")
+]
+AsOpt = Annotated[
+    str | None, typer.Option("--as", help="Act as this agent login (default: the Unix user).")
+]
 
 _state: dict[str, Any] = {"db": None}
 
@@ -87,18 +109,24 @@ def run(db: str | None, body: Callable[[Service], Awaitable[T]], *, need_schema:
     database = open_db(db)
     path = sqlite_path(database.url)
     if need_schema and path is not None and not path.exists():
-        fail(f"no store at {path}; create one with `helpdesk init --db {path}` (or try `helpdesk demo`)",
-             EXIT_DATABASE)
+        fail(
+            f"no store at {path}; create one with `helpdesk init --db {path}` (or try `helpdesk demo`)",
+            EXIT_DATABASE,
+        )
 
     async def main() -> T:
         try:
             if need_schema:
                 rev = await current_revision(database)
                 if rev is None:
-                    raise StoreError(f"the store at {_display_url(database.url)} has no schema; run `helpdesk init`")
+                    raise StoreError(
+                        f"the store at {_display_url(database.url)} has no schema; run `helpdesk init`"
+                    )
                 if rev != head_revision():
-                    raise StoreError(f"the store schema is at {rev}, this helpdesk needs {head_revision()}; "
-                                     "run `helpdesk db upgrade`")
+                    raise StoreError(
+                        f"the store schema is at {rev}, this helpdesk needs {head_revision()}; "
+                        "run `helpdesk db upgrade`"
+                    )
             return await body(Service(database))
         finally:
             await database.dispose()
@@ -168,7 +196,9 @@ def parse_when(value: str, now: datetime | None = None) -> datetime:
     try:
         dt = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise ValueError(f"cannot read the time {value!r}; use e.g. 2d, 3h, 90min, 2026-12-01T09:00") from None
+        raise ValueError(
+            f"cannot read the time {value!r}; use e.g. 2d, 3h, 90min, 2026-12-01T09:00"
+        ) from None
     if dt.tzinfo is None:
         dt = dt.astimezone()  # local time as the agent typed it
     return dt.astimezone(UTC)
@@ -217,7 +247,7 @@ def tui(db: DbOpt = None, as_: AsOpt = None) -> None:
         except NotFoundError:
             raise NotFoundError(
                 f"you ({login}) are not an agent of this helpdesk; an admin can add you with "
-                f"`helpdesk agent add {login} --name \"Your Name\"`"
+                f'`helpdesk agent add {login} --name "Your Name"`'
             ) from None
 
     run(db, check)
@@ -243,9 +273,15 @@ async def _load_agent(service: Service, login: str) -> Any:
 @app.command()
 def init(
     db: DbOpt = None,
-    shared: Annotated[Path | None, typer.Option(help="Make a SQLite store in DIR shared by a Unix group.")] = None,
-    group: Annotated[str | None, typer.Option(help="Unix group for --shared (default: the DIR's group).")] = None,
-    write_config: Annotated[bool, typer.Option(help="Remember the database URL in the user config.")] = True,
+    shared: Annotated[
+        Path | None, typer.Option(help="Make a SQLite store in DIR shared by a Unix group.")
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option(help="Unix group for --shared (default: the DIR's group).")
+    ] = None,
+    write_config: Annotated[
+        bool, typer.Option(help="Remember the database URL in the user config.")
+    ] = True,
 ) -> None:
     """Create or upgrade the schema, and write the config."""
     from store.migrate import upgrade
@@ -274,7 +310,9 @@ def init(
             share_sqlite_store(path, gname)
         except (StoreError, PermissionError) as exc:
             fail(f"could not share the store: {exc}")
-        out.print(Text(f"Shared store for group {gname}: {path} (directory setgid, files group-writable)"))
+        out.print(
+            Text(f"Shared store for group {gname}: {path} (directory setgid, files group-writable)")
+        )
     if write_config and (db or shared):
         where = write_user_config(cfg.db_url)
         out.print(Text(f"Config written: {where}"))
@@ -301,15 +339,24 @@ def db_check(db: DbOpt = None, json_: JsonOpt = False) -> None:
 
     async def body(service: Service) -> dict[str, Any]:
         rev = await current_revision(service.db)
-        return {"url": _display_url(service.db.url), "backend": service.db.dialect,
-                "revision": rev, "head": head_revision(), "ok": rev == head_revision()}
+        return {
+            "url": _display_url(service.db.url),
+            "backend": service.db.dialect,
+            "revision": rev,
+            "head": head_revision(),
+            "ok": rev == head_revision(),
+        }
 
     info = run(db, body, need_schema=False)
     if json_:
         print_json(info)
     else:
-        out.print(Text(f"{info['url']} ({info['backend']}): schema {info['revision'] or 'missing'}, "
-                       f"expected {info['head']}"))
+        out.print(
+            Text(
+                f"{info['url']} ({info['backend']}): schema {info['revision'] or 'missing'}, "
+                f"expected {info['head']}"
+            )
+        )
     if not info["ok"]:
         fail("the schema is not current; run `helpdesk db upgrade`", EXIT_DATABASE)
 
@@ -339,10 +386,22 @@ def db_backup(path: Path, db: DbOpt = None) -> None:
     if u.password:
         env["PGPASSWORD"] = str(u.password)
     u = u.set(password=None)
-    res = subprocess.run(["pg_dump", "--format=custom", "--file", str(path),
-                          u.render_as_string(hide_password=False)], env=env, capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            "pg_dump",
+            "--format=custom",
+            "--file",
+            str(path),
+            u.render_as_string(hide_password=False),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if res.returncode != 0:
-        fail(f"pg_dump failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}")
+        fail(
+            f"pg_dump failed: {res.stderr.strip().splitlines()[-1] if res.stderr.strip() else res.returncode}"
+        )
     out.print(Text(f"Backed up to {path} (pg_dump custom format)"))
 
 
@@ -353,13 +412,21 @@ def agent_add(
     name: Annotated[str, typer.Option(help="Display name.")] = "",
     email: Annotated[str | None, typer.Option(help="Mail address.")] = None,
     admin: Annotated[bool, typer.Option(help="Give the admin role.")] = False,
-    queue: Annotated[list[str] | None, typer.Option(help="A queue this agent works (repeatable).")] = None,
-    language: Annotated[list[str] | None, typer.Option(help="A language the agent speaks (repeatable).")] = None,
+    queue: Annotated[
+        list[str] | None, typer.Option(help="A queue this agent works (repeatable).")
+    ] = None,
+    language: Annotated[
+        list[str] | None, typer.Option(help="A language the agent speaks (repeatable).")
+    ] = None,
     db: DbOpt = None,
 ) -> None:
     """Add an agent."""
-    a = run(db, lambda s: s.add_agent(login, name or login, email, admin=admin, queues=queue or [],
-                                       languages=language or []))
+    a = run(
+        db,
+        lambda s: s.add_agent(
+            login, name or login, email, admin=admin, queues=queue or [], languages=language or []
+        ),
+    )
     out.print(Text(f"Agent {a.login} added."))
 
 
@@ -368,13 +435,31 @@ def agent_list(db: DbOpt = None, json_: JsonOpt = False) -> None:
     """List agents."""
     agents = run(db, lambda s: s.list_agents())
     if json_:
-        print_json([{"login": a.login, "name": a.name, "email": a.email, "role": a.role, "active": a.active,
-                     "queues": [q.name for q in a.queues], "languages": a.languages} for a in agents])
+        print_json(
+            [
+                {
+                    "login": a.login,
+                    "name": a.name,
+                    "email": a.email,
+                    "role": a.role,
+                    "active": a.active,
+                    "queues": [q.name for q in a.queues],
+                    "languages": a.languages,
+                }
+                for a in agents
+            ]
+        )
         return
     table = Table("login", "name", "email", "role", "active", "queues")
     for a in agents:
-        table.add_row(Text(a.login), Text(clean_line(a.name)), Text(a.email or ""), Text(a.role),
-                      Text("yes" if a.active else "no"), Text(", ".join(q.name for q in a.queues)))
+        table.add_row(
+            Text(a.login),
+            Text(clean_line(a.name)),
+            Text(a.email or ""),
+            Text(a.role),
+            Text("yes" if a.active else "no"),
+            Text(", ".join(q.name for q in a.queues)),
+        )
     out.print(table)
 
 
@@ -395,7 +480,9 @@ def agent_enable(login: str, db: DbOpt = None) -> None:
 @queue_app.command("add")
 def queue_add(
     name: str,
-    address: Annotated[list[str] | None, typer.Option(help="Inbound mail address (repeatable).")] = None,
+    address: Annotated[
+        list[str] | None, typer.Option(help="Inbound mail address (repeatable).")
+    ] = None,
     db: DbOpt = None,
 ) -> None:
     """Add a queue."""
@@ -461,10 +548,14 @@ def ticket_dict(t: Any, labels: dict[str, str] | None = None) -> dict[str, Any]:
 
 @ticket_app.command("list")
 def ticket_list(
-    query: Annotated[list[str] | None, typer.Argument(help="A query, e.g. status:open assignee:me \"printer jam\"")] = None,
+    query: Annotated[
+        list[str] | None, typer.Argument(help='A query, e.g. status:open assignee:me "printer jam"')
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many tickets.")] = 50,
     order: Annotated[str, typer.Option(help="updated | created | number | next")] = "updated",
-    ids: Annotated[bool, typer.Option("--ids", help="Print ticket numbers only (for pipes).")] = False,
+    ids: Annotated[
+        bool, typer.Option("--ids", help="Print ticket numbers only (for pipes).")
+    ] = False,
     as_: AsOpt = None,
     db: DbOpt = None,
     json_: JsonOpt = False,
@@ -480,24 +571,25 @@ def ticket_list(
         from store.query import QueryError
 
         me_id = None
-        try:
+        with contextlib.suppress(NotFoundError):
             me_id = (await service.agent(login)).id
-        except NotFoundError:
-            pass
         try:
             q = parse(text_query)
         except QueryError as exc:
             raise ValidationError(_query_error(text_query, exc)) from None
         if order not in listing.ORDERS:
-            raise ValidationError(f"unknown order {order!r}; use one of: {', '.join(listing.ORDERS)}")
+            raise ValidationError(
+                f"unknown order {order!r}; use one of: {', '.join(listing.ORDERS)}"
+            )
         ctx = QueryContext(me_agent_id=me_id, now=datetime.now(UTC), dialect=service.db.dialect)
         where = compile_where(q, ctx)
         rows: list[Any] = []
         cursor = None
         async with service.db.read() as session:
             while len(rows) < limit:
-                page = await listing.list_page(session, where, order=order, after=cursor,
-                                               limit=min(200, limit - len(rows)))
+                page = await listing.list_page(
+                    session, where, order=order, after=cursor, limit=min(200, limit - len(rows))
+                )
                 rows.extend(page.rows)
                 cursor = page.next_cursor
                 if not cursor or not page.rows:
@@ -512,10 +604,21 @@ def ticket_list(
     if json_:
         from store.models import Priority
 
-        print_json([{"number": r.number, "subject": r.subject, "status": r.status,
-                     "priority": Priority(r.priority).label, "assignee": r.assignee_login,
-                     "customer": r.customer_email, "queue": r.queue_name,
-                     "updated_at": r.updated_at.isoformat()} for r in rows])
+        print_json(
+            [
+                {
+                    "number": r.number,
+                    "subject": r.subject,
+                    "status": r.status,
+                    "priority": Priority(r.priority).label,
+                    "assignee": r.assignee_login,
+                    "customer": r.customer_email,
+                    "queue": r.queue_name,
+                    "updated_at": r.updated_at.isoformat(),
+                }
+                for r in rows
+            ]
+        )
         return
     from store.models import Priority
 
@@ -524,9 +627,15 @@ def ticket_list(
     table = Table("#", "pri", "status", "subject", "customer", "assignee", "updated")
     now = datetime.now(UTC)
     for r in rows:
-        table.add_row(Text(f"#{r.number}"), Text(Priority(r.priority).label), Text(labels.get(r.status, r.status)),
-                      Text(clean_line(r.subject)), Text(clean_line(r.customer_name or r.customer_email or "")),
-                      Text(r.assignee_login or "-"), Text(rel_time(r.updated_at, now)))
+        table.add_row(
+            Text(f"#{r.number}"),
+            Text(Priority(r.priority).label),
+            Text(labels.get(r.status, r.status)),
+            Text(clean_line(r.subject)),
+            Text(clean_line(r.customer_name or r.customer_email or "")),
+            Text(r.assignee_login or "-"),
+            Text(rel_time(r.updated_at, now)),
+        )
     out.print(table)
 
 
@@ -549,24 +658,45 @@ def ticket_show(number: str, db: DbOpt = None, json_: JsonOpt = False) -> None:
     t = detail.ticket
     if json_:
         data = ticket_dict(t, labels)
-        data["articles"] = [{"id": a.id, "kind": a.kind, "internal": a.internal, "from": a.from_addr,
-                             "to": a.to_addrs, "subject": a.subject, "message_id": a.message_id,
-                             "body": a.body_text, "created_at": a.created_at.isoformat(),
-                             "delivery_status": a.delivery_status,
-                             "attachments": [{"filename": x.filename, "mime_type": x.mime_type, "size": x.size}
-                                             for x in a.attachments]} for a in detail.articles]
+        data["articles"] = [
+            {
+                "id": a.id,
+                "kind": a.kind,
+                "internal": a.internal,
+                "from": a.from_addr,
+                "to": a.to_addrs,
+                "subject": a.subject,
+                "message_id": a.message_id,
+                "body": a.body_text,
+                "created_at": a.created_at.isoformat(),
+                "delivery_status": a.delivery_status,
+                "attachments": [
+                    {"filename": x.filename, "mime_type": x.mime_type, "size": x.size}
+                    for x in a.attachments
+                ],
+            }
+            for a in detail.articles
+        ]
         data["links"] = [{"kind": k, "number": n2} for k, n2 in detail.links]
         data["merged_into"] = detail.merged_into_number
         print_json(data)
         return
     d = ticket_dict(t, labels)
     out.print(Text(f"#{t.number} {clean_line(t.subject)}", style="bold"))
-    prio = d["priority"] + (f" (set by {d['priority_overridden_by']})" if d["priority_overridden_by"] else
-                            f" (impact {d['impact']} x urgency {d['urgency']})")
-    fields = [("status", d["status_label"]), ("priority", prio), ("queue", d["queue"] or "-"),
-              ("assignee", d["assignee"] or "unassigned"),
-              ("customer", f"{clean_line(d['customer_name'] or '')} <{d['customer']}>"),
-              ("organization", d["organization"] or "-"), ("tags", ", ".join(d["tags"]) or "-")]
+    prio = d["priority"] + (
+        f" (set by {d['priority_overridden_by']})"
+        if d["priority_overridden_by"]
+        else f" (impact {d['impact']} x urgency {d['urgency']})"
+    )
+    fields = [
+        ("status", d["status_label"]),
+        ("priority", prio),
+        ("queue", d["queue"] or "-"),
+        ("assignee", d["assignee"] or "unassigned"),
+        ("customer", f"{clean_line(d['customer_name'] or '')} <{d['customer']}>"),
+        ("organization", d["organization"] or "-"),
+        ("tags", ", ".join(d["tags"]) or "-"),
+    ]
     if t.postponed_until:
         fields.append(("postponed until", t.postponed_until.isoformat(timespec="minutes")))
     if detail.merged_into_number:
@@ -576,11 +706,21 @@ def ticket_show(number: str, db: DbOpt = None, json_: JsonOpt = False) -> None:
     for k, v in fields:
         out.print(Text(f"  {k:>15}: {clean_line(str(v))}"))
     for a in detail.articles:
-        label = {"email_in": "customer", "email_out": "reply", "note": "INTERNAL NOTE", "system": "system",
-                 "phone": "phone"}.get(a.kind, a.kind)
+        label = {
+            "email_in": "customer",
+            "email_out": "reply",
+            "note": "INTERNAL NOTE",
+            "system": "system",
+            "phone": "phone",
+        }.get(a.kind, a.kind)
         style = {"note": "yellow", "email_out": "green", "system": "dim"}.get(a.kind, "cyan")
         status = f" [{a.delivery_status}]" if a.delivery_status else ""
-        out.print(Text(f"\n── {label}{status} · {a.created_at:%Y-%m-%d %H:%M} · {clean_line(a.from_addr)}", style=style))
+        out.print(
+            Text(
+                f"\n── {label}{status} · {a.created_at:%Y-%m-%d %H:%M} · {clean_line(a.from_addr)}",
+                style=style,
+            )
+        )
         out.print(Text(clean_text(a.body_text)))
         for x in a.attachments:
             out.print(Text(f"  📎 {clean_line(x.filename)} ({x.size} bytes)", style="dim"))
@@ -591,10 +731,16 @@ def ticket_create(
     subject: Annotated[str, typer.Option(help="Subject line.")],
     from_: Annotated[str, typer.Option("--from", help="Customer mail address.")],
     name: Annotated[str, typer.Option(help="Customer name.")] = "",
-    body: Annotated[str | None, typer.Option(help="Message text (else --body-file, else stdin).")] = None,
-    body_file: Annotated[Path | None, typer.Option(help="Read the message text from a file.")] = None,
+    body: Annotated[
+        str | None, typer.Option(help="Message text (else --body-file, else stdin).")
+    ] = None,
+    body_file: Annotated[
+        Path | None, typer.Option(help="Read the message text from a file.")
+    ] = None,
     queue: Annotated[str | None, typer.Option(help="Queue name.")] = None,
-    priority: Annotated[str | None, typer.Option(help="low | normal | high | urgent (overrides the matrix).")] = None,
+    priority: Annotated[
+        str | None, typer.Option(help="low | normal | high | urgent (overrides the matrix).")
+    ] = None,
     impact: Annotated[str, typer.Option(help="low | medium | high")] = "medium",
     urgency: Annotated[str, typer.Option(help="low | medium | high")] = "medium",
     tag: Annotated[list[str] | None, typer.Option(help="Tag (repeatable).")] = None,
@@ -618,11 +764,17 @@ def ticket_create(
         actor = await actor_for(service, me_login(as_))
         kind = ArticleKind.PHONE if channel == "phone" else ArticleKind.EMAIL_IN
         return await service.create_ticket(
-            actor, subject=subject, customer_email=from_, customer_name=name,
+            actor,
+            subject=subject,
+            customer_email=from_,
+            customer_name=name,
             article=ArticleInput(kind=kind, body=text_body, from_addr=from_, subject=subject),
-            queue=queue, priority=lifecycle.parse_priority(priority) if priority else None,
-            impact=lifecycle.parse_level(impact, "impact"), urgency=lifecycle.parse_level(urgency, "urgency"),
-            tags=tag or [], channel=channel,
+            queue=queue,
+            priority=lifecycle.parse_priority(priority) if priority else None,
+            impact=lifecycle.parse_level(impact, "impact"),
+            urgency=lifecycle.parse_level(urgency, "urgency"),
+            tags=tag or [],
+            channel=channel,
         )
 
     t = run(db, run_body)
@@ -634,16 +786,28 @@ def ticket_create(
 
 @ticket_app.command("update")
 def ticket_update(
-    numbers: Annotated[list[str], typer.Argument(help="Ticket numbers; '-' reads them from stdin.")],
+    numbers: Annotated[
+        list[str], typer.Argument(help="Ticket numbers; '-' reads them from stdin.")
+    ],
     status: Annotated[str | None, typer.Option(help="new status")] = None,
-    priority: Annotated[str | None, typer.Option(help="low|normal|high|urgent, or auto (from the matrix)")] = None,
+    priority: Annotated[
+        str | None, typer.Option(help="low|normal|high|urgent, or auto (from the matrix)")
+    ] = None,
     impact: Annotated[str | None, typer.Option(help="low | medium | high")] = None,
     urgency: Annotated[str | None, typer.Option(help="low | medium | high")] = None,
-    assign: Annotated[str | None, typer.Option(help="Agent login; '-' or 'none' unassigns.")] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="+name adds, -name removes (repeatable).")] = None,
+    assign: Annotated[
+        str | None, typer.Option(help="Agent login; '-' or 'none' unassigns.")
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(help="+name adds, -name removes (repeatable).")
+    ] = None,
     queue: Annotated[str | None, typer.Option(help="Move to this queue.")] = None,
-    postpone: Annotated[str | None, typer.Option(help="Snooze until: 2d, 3h, 2026-12-01T09:00.")] = None,
-    if_version: Annotated[int | None, typer.Option(help="Refuse if the ticket changed since this version.")] = None,
+    postpone: Annotated[
+        str | None, typer.Option(help="Snooze until: 2d, 3h, 2026-12-01T09:00.")
+    ] = None,
+    if_version: Annotated[
+        int | None, typer.Option(help="Refuse if the ticket changed since this version.")
+    ] = None,
     as_: AsOpt = None,
     db: DbOpt = None,
     json_: JsonOpt = False,
@@ -659,7 +823,9 @@ def ticket_update(
         if status:
             kwargs["status"] = lifecycle.parse_status(status)
         if priority:
-            kwargs["priority"] = "auto" if priority.lower() == "auto" else lifecycle.parse_priority(priority)
+            kwargs["priority"] = (
+                "auto" if priority.lower() == "auto" else lifecycle.parse_priority(priority)
+            )
         if impact:
             kwargs["impact"] = lifecycle.parse_level(impact, "impact")
         if urgency:
@@ -695,8 +861,14 @@ def ticket_update(
         for n, e in failed:
             err.print(Text(f"#{n} failed: {e}", style="red"))
     if failed:
-        codes = {EXIT_CONFLICT if "changed by someone else" in (e or "") else
-                 EXIT_NOT_FOUND if (e or "").startswith("no ticket") else EXIT_INVALID for _, e in failed}
+        codes = {
+            EXIT_CONFLICT
+            if "changed by someone else" in (e or "")
+            else EXIT_NOT_FOUND
+            if (e or "").startswith("no ticket")
+            else EXIT_INVALID
+            for _, e in failed
+        }
         raise typer.Exit(codes.pop() if len(codes) == 1 else EXIT_ERROR)
 
 
@@ -713,7 +885,9 @@ def _read_body(body: str | None, body_file: Path | None) -> str:
 @ticket_app.command("note")
 def ticket_note(
     number: str,
-    body: Annotated[str | None, typer.Option(help="Note text (else --body-file, else stdin).")] = None,
+    body: Annotated[
+        str | None, typer.Option(help="Note text (else --body-file, else stdin).")
+    ] = None,
     body_file: Annotated[Path | None, typer.Option(help="Read the note from a file.")] = None,
     as_: AsOpt = None,
     db: DbOpt = None,
@@ -731,9 +905,13 @@ def ticket_note(
 @ticket_app.command("reply")
 def ticket_reply(
     number: str,
-    body: Annotated[str | None, typer.Option(help="Reply text (else --body-file, else stdin).")] = None,
+    body: Annotated[
+        str | None, typer.Option(help="Reply text (else --body-file, else stdin).")
+    ] = None,
     body_file: Annotated[Path | None, typer.Option(help="Read the reply from a file.")] = None,
-    status: Annotated[str | None, typer.Option(help="Status after the reply (default: answered).")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="Status after the reply (default: answered).")
+    ] = None,
     as_: AsOpt = None,
     db: DbOpt = None,
 ) -> None:
@@ -744,7 +922,9 @@ def ticket_reply(
     st = lifecycle.parse_status(status) if status else None
 
     async def run_body(service: Service) -> Any:
-        return await service.add_reply(await actor_for(service, me_login(as_)), n, text_body, status=st)
+        return await service.add_reply(
+            await actor_for(service, me_login(as_)), n, text_body, status=st
+        )
 
     a = run(db, run_body)
     out.print(Text(f"Reply to #{n} queued for delivery to {a.to_addrs}."))
@@ -783,7 +963,9 @@ def canned_add(
     name: str,
     body: Annotated[str | None, typer.Option(help="Template text with {{variables}}.")] = None,
     body_file: Annotated[Path | None, typer.Option(help="Read the template from a file.")] = None,
-    owner: Annotated[str | None, typer.Option(help="Personal to this agent (default: shared).")] = None,
+    owner: Annotated[
+        str | None, typer.Option(help="Personal to this agent (default: shared).")
+    ] = None,
     db: DbOpt = None,
 ) -> None:
     """Add (or replace) a canned response."""
@@ -801,8 +983,9 @@ def canned_list(db: DbOpt = None, json_: JsonOpt = False) -> None:
         return
     table = Table("name", "shared", "body")
     for c in items:
-        table.add_row(Text(c.name), Text("yes" if c.owner_id is None else "no"),
-                      Text(clean_line(c.body)[:60]))
+        table.add_row(
+            Text(c.name), Text("yes" if c.owner_id is None else "no"), Text(clean_line(c.body)[:60])
+        )
     out.print(table)
 
 
@@ -832,7 +1015,9 @@ def view_list(db: DbOpt = None, json_: JsonOpt = False) -> None:
     """List saved views."""
     items = run(db, lambda s: s.list_views())
     if json_:
-        print_json([{"name": v.name, "query": v.query, "shared": v.owner_id is None} for v in items])
+        print_json(
+            [{"name": v.name, "query": v.query, "shared": v.owner_id is None} for v in items]
+        )
         return
     table = Table("name", "query", "shared")
     for v in items:
@@ -843,7 +1028,9 @@ def view_list(db: DbOpt = None, json_: JsonOpt = False) -> None:
 # --------------------------------------------------------------------------- priority & status labels
 @priority_app.command("matrix")
 def priority_matrix(
-    set_: Annotated[list[str] | None, typer.Option("--set", help="IMPACT/URGENCY=PRIORITY, e.g. high/low=high")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="IMPACT/URGENCY=PRIORITY, e.g. high/low=high")
+    ] = None,
     db: DbOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -859,8 +1046,9 @@ def priority_matrix(
                 imp, _, urg = key.partition("/")
                 if not prio or not urg:
                     raise ValidationError(f"cannot read {item!r}; use IMPACT/URGENCY=PRIORITY")
-                matrix[(lifecycle.parse_level(imp, "impact"), lifecycle.parse_level(urg, "urgency"))] = (
-                    lifecycle.parse_priority(prio))
+                matrix[
+                    (lifecycle.parse_level(imp, "impact"), lifecycle.parse_level(urg, "urgency"))
+                ] = lifecycle.parse_priority(prio)
             await service.set_priority_matrix(matrix)
         return matrix
 
@@ -877,8 +1065,12 @@ def priority_matrix(
 @status_app.command("label")
 def status_label(
     status: str,
-    label: Annotated[str | None, typer.Argument(help="New display label (omit to show all).")] = None,
-    language: Annotated[str | None, typer.Option("--lang", help="Label for customer-facing text in this language.")] = None,
+    label: Annotated[
+        str | None, typer.Argument(help="New display label (omit to show all).")
+    ] = None,
+    language: Annotated[
+        str | None, typer.Option("--lang", help="Label for customer-facing text in this language.")
+    ] = None,
     db: DbOpt = None,
 ) -> None:
     """Rename a status for display (its meaning for SLA, reports and rules stays)."""
@@ -896,7 +1088,9 @@ def status_label(
 
 
 @status_app.command("list")
-def status_list(language: Annotated[str | None, typer.Option("--lang")] = None, db: DbOpt = None) -> None:
+def status_list(
+    language: Annotated[str | None, typer.Option("--lang")] = None, db: DbOpt = None
+) -> None:
     """Statuses and their display labels."""
     labels = run(db, lambda s: s.status_labels(language))
     table = Table("status", "label")
@@ -910,7 +1104,9 @@ def status_list(language: Annotated[str | None, typer.Option("--lang")] = None, 
 def demo(
     tickets: Annotated[int, typer.Option(help="How many tickets to generate.")] = 500,
     db: DbOpt = None,
-    open_: Annotated[bool, typer.Option("--open/--no-open", help="Open the console when done.")] = True,
+    open_: Annotated[
+        bool, typer.Option("--open/--no-open", help="Open the console when done.")
+    ] = True,
     reset: Annotated[bool, typer.Option(help="Delete an existing demo store first.")] = False,
 ) -> None:
     """Build a realistic demo store (queues, agents incl. you, multilingual threads) and open the console."""
@@ -935,11 +1131,21 @@ def demo(
             if count:
                 return -1
         await upgrade(service.db)
-        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=err, transient=False) as progress:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=False,
+        ) as progress:
             task = progress.add_task("Generating tickets", total=tickets)
-            n = await seed_demo(service, tickets=tickets, me=login,
-                                progress=lambda done, total: progress.update(task, completed=done))
+            n = await seed_demo(
+                service,
+                tickets=tickets,
+                me=login,
+                progress=lambda done, total: progress.update(task, completed=done),
+            )
         if service.db.is_sqlite:
             from sqlalchemy import text
 
@@ -949,9 +1155,13 @@ def demo(
 
     n = run(url, body, need_schema=False)
     if n < 0:
-        err.print(Text(f"Using the existing demo store at {_display_url(url)} (--reset to rebuild)."))
+        err.print(
+            Text(f"Using the existing demo store at {_display_url(url)} (--reset to rebuild).")
+        )
     else:
-        err.print(Text(f"Demo store with {n} tickets at {_display_url(url)}; you are agent {login!r}."))
+        err.print(
+            Text(f"Demo store with {n} tickets at {_display_url(url)}; you are agent {login!r}.")
+        )
     if open_ and sys.stdin.isatty() and sys.stdout.isatty():
         launch_console(url, login)
 

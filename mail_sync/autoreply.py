@@ -36,7 +36,14 @@ def suppression_reason(
     if is_bounce:
         return "sender mail is a delivery report"
     local = s.partition("@")[0]
-    if local in {"mailer-daemon", "postmaster", "noreply", "no-reply", "donotreply", "do-not-reply"}:
+    if local in {
+        "mailer-daemon",
+        "postmaster",
+        "noreply",
+        "no-reply",
+        "donotreply",
+        "do-not-reply",
+    }:
         return f"sender {s} does not take replies"
     if s in ours:
         return "sender is one of our own addresses"
@@ -61,52 +68,97 @@ async def queue_acknowledgement(
     if not template_name:
         return "no acknowledgement configured for this queue"
     reason = suppression_reason(
-        sender=sender, auto_submitted=auto_submitted, is_bulk_or_list=is_bulk_or_list,
-        is_bounce=is_bounce, ours=await own_addresses(session),
+        sender=sender,
+        auto_submitted=auto_submitted,
+        is_bulk_or_list=is_bulk_or_list,
+        is_bounce=is_bounce,
+        ours=await own_addresses(session),
     )
     if reason:
         return f"acknowledgement suppressed: {reason}"
     limit = int(settings.get("ack_limit_per_hour", DEFAULT_LIMIT_PER_HOUR))
     since = service.clock() - timedelta(hours=1)
-    sent = (await session.execute(
-        select(func.count()).select_from(Outbox).where(
-            Outbox.kind == "ack", Outbox.created_at >= since, Outbox.rcpt_to_key == sender.lower()
+    sent = (
+        await session.execute(
+            select(func.count())
+            .select_from(Outbox)
+            .where(
+                Outbox.kind == "ack",
+                Outbox.created_at >= since,
+                Outbox.rcpt_to_key == sender.lower(),
+            )
         )
-    )).scalar_one()
+    ).scalar_one()
     if sent >= limit:
         return f"acknowledgement suppressed: {sent} already sent to {sender} in the last hour (limit {limit})"
-    canned = (await session.execute(
-        select(CannedResponse).where(CannedResponse.name == template_name, CannedResponse.owner_id.is_(None))
-    )).scalar_one_or_none()
+    canned = (
+        await session.execute(
+            select(CannedResponse).where(
+                CannedResponse.name == template_name, CannedResponse.owner_id.is_(None)
+            )
+        )
+    ).scalar_one_or_none()
     if canned is None:
         return f"acknowledgement template {template_name!r} not found"
     from store.templates import render
 
     customer = ticket.customer
-    rendered = render(canned.body, {
-        "customer": {"name": customer.name if customer else "", "email": sender,
-                     "first_name": (customer.name.split() or [""])[0] if customer and customer.name else ""},
-        "ticket": {"number": ticket.number, "subject": ticket.subject},
-        "agent": {"name": queue.name if queue else "Support", "first_name": queue.name if queue else "Support"},
-        "organization": {"name": ticket.organization.name if ticket.organization else ""},
-    })
+    rendered = render(
+        canned.body,
+        {
+            "customer": {
+                "name": customer.name if customer else "",
+                "email": sender,
+                "first_name": (customer.name.split() or [""])[0]
+                if customer and customer.name
+                else "",
+            },
+            "ticket": {"number": ticket.number, "subject": ticket.subject},
+            "agent": {
+                "name": queue.name if queue else "Support",
+                "first_name": queue.name if queue else "Support",
+            },
+            "organization": {"name": ticket.organization.name if ticket.organization else ""},
+        },
+    )
     if rendered.unknown:
         return f"acknowledgement not sent: template has unknown variables {', '.join(rendered.unknown)}"
-    first = (await session.execute(
-        select(Article).where(Article.ticket_id == ticket.id).order_by(Article.id).limit(1)
-    )).unique().scalar_one_or_none()
+    first = (
+        (
+            await session.execute(
+                select(Article).where(Article.ticket_id == ticket.id).order_by(Article.id).limit(1)
+            )
+        )
+        .unique()
+        .scalar_one_or_none()
+    )
     msgid = new_message_id(domain, ticket.number)
     article = Article(
-        ticket_id=ticket.id, kind=ArticleKind.EMAIL_OUT.value, to_addrs=sender,
-        subject=f"Re: {ticket.subject}", message_id=msgid,
+        ticket_id=ticket.id,
+        kind=ArticleKind.EMAIL_OUT.value,
+        to_addrs=sender,
+        subject=f"Re: {ticket.subject}",
+        message_id=msgid,
         in_reply_to=first.message_id if first else None,
         references=f"<{first.message_id}>" if first and first.message_id else None,
-        body_text=rendered.text, delivery_status="queued", meta={"auto": "ack"},
+        body_text=rendered.text,
+        delivery_status="queued",
+        meta={"auto": "ack"},
         created_at=service.clock(),
     )
     session.add(article)
     await session.flush()
-    session.add(Outbox(article_id=article.id, ticket_id=ticket.id, message_id=msgid, rcpt_to=[sender],
-                       rcpt_to_key=sender.lower(), kind="ack", status="queued",
-                       next_attempt_at=service.clock(), created_at=service.clock()))
+    session.add(
+        Outbox(
+            article_id=article.id,
+            ticket_id=ticket.id,
+            message_id=msgid,
+            rcpt_to=[sender],
+            rcpt_to_key=sender.lower(),
+            kind="ack",
+            status="queued",
+            next_attempt_at=service.clock(),
+            created_at=service.clock(),
+        )
+    )
     return "acknowledgement queued"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
@@ -42,7 +43,7 @@ def parse_recipients(value: str) -> list[tuple[str, str]]:
         addr = addr.strip()
         if not addr:
             continue
-        if _CTRL.search(addr) or "@" not in addr or any(c in addr for c in "<>,;\"\\ "):
+        if _CTRL.search(addr) or "@" not in addr or any(c in addr for c in '<>,;"\\ '):
             raise ValueError(f"refusing unsafe recipient address {addr!r}")
         result.append((header_safe(name), addr))
     return result
@@ -83,7 +84,9 @@ def _secret(cfg: SmtpConfig) -> str | None:
             raise SmtpPermanent(f"the SMTP password variable {cfg.password_env} is not set")
         return value
     if cfg.password_command:
-        res = subprocess.run(shlex.split(cfg.password_command), capture_output=True, text=True, timeout=30)
+        res = subprocess.run(
+            shlex.split(cfg.password_command), capture_output=True, text=True, timeout=30
+        )
         if res.returncode != 0:
             raise SmtpTemporary(f"the SMTP password command failed with exit code {res.returncode}")
         return res.stdout.rstrip("\n")
@@ -91,7 +94,9 @@ def _secret(cfg: SmtpConfig) -> str | None:
         try:
             import keyring
         except ImportError as exc:
-            raise SmtpPermanent("keyring is not installed (pip install 'helpdesk[keyring]')") from exc
+            raise SmtpPermanent(
+                "keyring is not installed (pip install 'helpdesk[keyring]')"
+            ) from exc
         return keyring.get_password("helpdesk-smtp", cfg.username or "")
     return None
 
@@ -110,13 +115,22 @@ def tagged_subject(subject: str, number: int, tag_format: str = "[#{number}]") -
     return subject if tag in subject else f"{subject} {tag}".strip()
 
 
-def build_message(cfg: SmtpConfig, ticket: Ticket, article: Article, outbox: Outbox,
-                  agent_name: str | None = None, auto: str | None = None, now: datetime | None = None,
-                  attachments: list[tuple[str, str, bytes]] | None = None) -> bytes:
+def build_message(
+    cfg: SmtpConfig,
+    ticket: Ticket,
+    article: Article,
+    outbox: Outbox,
+    agent_name: str | None = None,
+    auto: str | None = None,
+    now: datetime | None = None,
+    attachments: list[tuple[str, str, bytes]] | None = None,
+) -> bytes:
     """The MIME bytes of one outbound mail: UTF-8 text, threading headers, RFC 3834 marks."""
     msg = EmailMessage()
     sender_name = f"{header_safe(agent_name)} via {cfg.from_name}" if agent_name else cfg.from_name
-    queue_addr = (ticket.queue.addresses[0] if ticket.queue and ticket.queue.addresses else cfg.from_address)
+    queue_addr = (
+        ticket.queue.addresses[0] if ticket.queue and ticket.queue.addresses else cfg.from_address
+    )
     msg["From"] = formataddr((header_safe(sender_name), queue_addr))
     msg["Reply-To"] = queue_addr
     to = parse_recipients(article.to_addrs)
@@ -126,7 +140,9 @@ def build_message(cfg: SmtpConfig, ticket: Ticket, article: Article, outbox: Out
     cc = parse_recipients(article.cc_addrs)
     if cc:
         msg["Cc"] = ", ".join(formataddr(x) for x in cc)
-    msg["Subject"] = tagged_subject(article.subject or ticket.subject, ticket.number, cfg.subject_tag)
+    msg["Subject"] = tagged_subject(
+        article.subject or ticket.subject, ticket.number, cfg.subject_tag
+    )
     msg["Message-ID"] = f"<{outbox.message_id}>"
     msg["Date"] = format_datetime(now or utcnow())
     if article.in_reply_to:
@@ -140,8 +156,12 @@ def build_message(cfg: SmtpConfig, ticket: Ticket, article: Article, outbox: Out
     msg.set_content(article.body_text or "", charset="utf-8")
     for filename, mime_type, data in attachments or []:
         maintype, _, subtype = (mime_type or "application/octet-stream").partition("/")
-        msg.add_attachment(data, maintype=maintype, subtype=subtype or "octet-stream",
-                           filename=header_safe(filename))
+        msg.add_attachment(
+            data,
+            maintype=maintype,
+            subtype=subtype or "octet-stream",
+            filename=header_safe(filename),
+        )
     return msg.as_bytes()
 
 
@@ -169,8 +189,9 @@ class OutboxSender:
         cfg = self.cfg
         try:
             if cfg.security == "tls":
-                smtp: smtplib.SMTP = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=cfg.timeout,
-                                                      context=ssl.create_default_context())
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+                    cfg.host, cfg.port, timeout=cfg.timeout, context=ssl.create_default_context()
+                )
             else:
                 smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout)
                 if cfg.security == "starttls":
@@ -180,32 +201,50 @@ class OutboxSender:
                 import shlex
                 import subprocess
 
-                tok = subprocess.run(shlex.split(cfg.oauth2_token_command), capture_output=True, text=True,
-                                     timeout=30).stdout.strip()
+                tok = subprocess.run(
+                    shlex.split(cfg.oauth2_token_command),
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                ).stdout.strip()
                 auth = f"user={cfg.username}\x01auth=Bearer {tok}\x01\x01"
                 smtp.docmd("AUTH", "XOAUTH2 " + base64.b64encode(auth.encode()).decode())
             elif cfg.username:
                 smtp.login(cfg.username, _secret(self.cfg) or "")
             return smtp
         except (OSError, smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError) as exc:
-            raise SmtpTemporary(f"cannot reach the SMTP server {cfg.host}:{cfg.port}: {exc}") from exc
+            raise SmtpTemporary(
+                f"cannot reach the SMTP server {cfg.host}:{cfg.port}: {exc}"
+            ) from exc
         except smtplib.SMTPAuthenticationError as exc:
             raise SmtpPermanent(f"SMTP authentication failed: {exc.smtp_code}") from exc
 
     async def _claim(self) -> list[int]:
         now = self.clock()
         async with self.db.write() as s:
-            rows = (await s.execute(
-                select(Outbox).where(
-                    or_(
-                        (Outbox.status == "queued") & (Outbox.next_attempt_at <= now),
-                        (Outbox.status == "sending") & (Outbox.next_attempt_at <= now - UNCERTAIN_AFTER),
+            rows = (
+                (
+                    await s.execute(
+                        select(Outbox)
+                        .where(
+                            or_(
+                                (Outbox.status == "queued") & (Outbox.next_attempt_at <= now),
+                                (Outbox.status == "sending")
+                                & (Outbox.next_attempt_at <= now - UNCERTAIN_AFTER),
+                            )
+                        )
+                        .order_by(Outbox.id)
+                        .limit(100)
                     )
-                ).order_by(Outbox.id).limit(100)
-            )).scalars().all()
+                )
+                .scalars()
+                .all()
+            )
             for r in rows:
                 if r.status == "sending":
-                    log.warning("outbox=%s state=uncertain action=retry message_id=%s", r.id, r.message_id)
+                    log.warning(
+                        "outbox=%s state=uncertain action=retry message_id=%s", r.id, r.message_id
+                    )
                 r.status = "sending"
                 r.attempts += 1
                 r.next_attempt_at = now
@@ -221,7 +260,11 @@ class OutboxSender:
                 article = await s.get(Article, ob.article_id) if ob.article_id else None
                 if article is None:
                     raise SmtpPermanent("the article of this mail is gone")
-                ticket = (await s.execute(select(Ticket).where(Ticket.id == article.ticket_id))).unique().scalar_one()
+                ticket = (
+                    (await s.execute(select(Ticket).where(Ticket.id == article.ticket_id)))
+                    .unique()
+                    .scalar_one()
+                )
                 files = []
                 for att in article.attachments:
                     blob = await s.get(Blob, att.sha256)
@@ -229,9 +272,14 @@ class OutboxSender:
                         files.append((att.filename, att.mime_type, blob.data))
                 agent_name = article.author_agent.name if article.author_agent else None
                 auto = {"ack": "auto-replied", "notification": "auto-generated"}.get(ob.kind)
-                ob.raw = build_message(self.cfg, ticket, article, ob, agent_name, auto, self.clock(), files)
-                ob.mail_from = ticket.queue.addresses[0] if ticket.queue and ticket.queue.addresses \
+                ob.raw = build_message(
+                    self.cfg, ticket, article, ob, agent_name, auto, self.clock(), files
+                )
+                ob.mail_from = (
+                    ticket.queue.addresses[0]
+                    if ticket.queue and ticket.queue.addresses
                     else self.cfg.from_address
+                )
             return ob.raw, ob.mail_from or self.cfg.from_address, list(ob.rcpt_to)
 
     async def _finish(self, outbox_id: int, status: str, error: str | None = None) -> None:
@@ -252,7 +300,9 @@ class OutboxSender:
                 article.delivery_error = ob.last_error
             from store.models import Event
 
-            s.add(Event(ticket_id=ob.ticket_id, kind="delivery", actor="mail:outbox", created_at=now))
+            s.add(
+                Event(ticket_id=ob.ticket_id, kind="delivery", actor="mail:outbox", created_at=now)
+            )
 
     async def send_due(self) -> dict[str, int]:
         """Send everything due now; returns counts of sent / retry / failed."""
@@ -290,16 +340,18 @@ class OutboxSender:
                 smtp = None
                 log.warning("outbox=%s state=retry error=%s", oid, _describe(exc))
         if smtp is not None:
-            try:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
                 await asyncio.to_thread(smtp.quit)
-            except (OSError, smtplib.SMTPException):
-                pass
         return counts
 
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, smtplib.SMTPResponseException):
-        msg = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+        msg = (
+            exc.smtp_error.decode(errors="replace")
+            if isinstance(exc.smtp_error, bytes)
+            else str(exc.smtp_error)
+        )
         return f"SMTP {exc.smtp_code}: {msg}"
     return str(exc) or type(exc).__name__
 

@@ -47,48 +47,159 @@ ORGS = [
 
 # (language, subject, customer message, agent reply, customer follow-up)
 THREADS: list[tuple[str, str, str, str, str]] = [
-    ("en", "Printer jam on floor 3", "The printer on floor 3 jams on every second page. We tried reloading the paper.",
-     "Thanks for the report. Could you send a photo of the paper tray?", "Photo attached. It still jams."),
-    ("en", "Invoice shows the wrong VAT number", "Our invoice for October lists an old VAT number. Please correct it.",
-     "I have corrected the VAT number and re-issued the invoice.", "Thank you, the new invoice is fine."),
-    ("en", "Cannot log in after password reset", "After resetting my password I get 'account locked'.",
-     "I unlocked the account; please try again and tell us if it works.", "Still locked, sorry."),
-    ("en", "VPN disconnects every 10 minutes", "Since Monday the VPN drops every ten minutes on Wi-Fi.",
-     "Which client version are you on? Please send the log file.", "Version 5.2, log attached."),
-    ("lv", "Rēķinā nepareiza summa", "Labdien! Mūsu novembra rēķinā ir nepareiza summa. Lūdzu, pārbaudiet.",
-     "Paldies, pārbaudīsim un atbildēsim šodien.", "Paldies par ātro atbildi!"),
-    ("lv", "Neizdodas pieslēgties e-pastam", "Kopš rīta nevaru pieslēgties darba e-pastam no telefona.",
-     "Lūdzu, pamēģiniet izdzēst kontu un pievienot to vēlreiz.", "Tagad strādā, paldies."),
-    ("ru", "Не работает принтер", "Здравствуйте! Принтер в бухгалтерии не печатает с утра.",
-     "Добрый день! Мастер придёт после обеда.", "Спасибо, ждём."),
-    ("ru", "Ошибка при оплате счёта", "При оплате счёта картой появляется ошибка 502.",
-     "Мы исправили проблему, попробуйте ещё раз, пожалуйста.", "Оплата прошла, спасибо."),
-    ("ar", "مشكلة في تسجيل الدخول", "مرحبا، لا أستطيع تسجيل الدخول إلى حسابي منذ يومين.",
-     "شكرا لتواصلك معنا، قمنا بإعادة تعيين كلمة المرور.", "تم الحل، شكرا جزيلا."),
-    ("ms", "Bil tidak diterima", "Selamat pagi, kami belum menerima bil untuk bulan ini. Boleh hantar semula?",
-     "Terima kasih, kami telah menghantar semula bil tersebut.", "Sudah terima, terima kasih."),
-    ("lt", "Neveikia spausdintuvas", "Laba diena, biuro spausdintuvas nespausdina nuo ryto.",
-     "Ačiū, technikas atvyks po pietų.", "Ačiū, lauksime."),
-    ("en", "Request: new laptop for onboarding", "We have a new colleague starting on the 1st and need a laptop.",
-     "Noted. Which model do you prefer, 14 or 16 inch?", "14 inch please."),
+    (
+        "en",
+        "Printer jam on floor 3",
+        "The printer on floor 3 jams on every second page. We tried reloading the paper.",
+        "Thanks for the report. Could you send a photo of the paper tray?",
+        "Photo attached. It still jams.",
+    ),
+    (
+        "en",
+        "Invoice shows the wrong VAT number",
+        "Our invoice for October lists an old VAT number. Please correct it.",
+        "I have corrected the VAT number and re-issued the invoice.",
+        "Thank you, the new invoice is fine.",
+    ),
+    (
+        "en",
+        "Cannot log in after password reset",
+        "After resetting my password I get 'account locked'.",
+        "I unlocked the account; please try again and tell us if it works.",
+        "Still locked, sorry.",
+    ),
+    (
+        "en",
+        "VPN disconnects every 10 minutes",
+        "Since Monday the VPN drops every ten minutes on Wi-Fi.",
+        "Which client version are you on? Please send the log file.",
+        "Version 5.2, log attached.",
+    ),
+    (
+        "lv",
+        "Rēķinā nepareiza summa",
+        "Labdien! Mūsu novembra rēķinā ir nepareiza summa. Lūdzu, pārbaudiet.",
+        "Paldies, pārbaudīsim un atbildēsim šodien.",
+        "Paldies par ātro atbildi!",
+    ),
+    (
+        "lv",
+        "Neizdodas pieslēgties e-pastam",
+        "Kopš rīta nevaru pieslēgties darba e-pastam no telefona.",
+        "Lūdzu, pamēģiniet izdzēst kontu un pievienot to vēlreiz.",
+        "Tagad strādā, paldies.",
+    ),
+    (
+        "ru",
+        "Не работает принтер",
+        "Здравствуйте! Принтер в бухгалтерии не печатает с утра.",
+        "Добрый день! Мастер придёт после обеда.",
+        "Спасибо, ждём.",
+    ),
+    (
+        "ru",
+        "Ошибка при оплате счёта",
+        "При оплате счёта картой появляется ошибка 502.",
+        "Мы исправили проблему, попробуйте ещё раз, пожалуйста.",
+        "Оплата прошла, спасибо.",
+    ),
+    (
+        "ar",
+        "مشكلة في تسجيل الدخول",
+        "مرحبا، لا أستطيع تسجيل الدخول إلى حسابي منذ يومين.",
+        "شكرا لتواصلك معنا، قمنا بإعادة تعيين كلمة المرور.",
+        "تم الحل، شكرا جزيلا.",
+    ),
+    (
+        "ms",
+        "Bil tidak diterima",
+        "Selamat pagi, kami belum menerima bil untuk bulan ini. Boleh hantar semula?",
+        "Terima kasih, kami telah menghantar semula bil tersebut.",
+        "Sudah terima, terima kasih.",
+    ),
+    (
+        "lt",
+        "Neveikia spausdintuvas",
+        "Laba diena, biuro spausdintuvas nespausdina nuo ryto.",
+        "Ačiū, technikas atvyks po pietų.",
+        "Ačiū, lauksime.",
+    ),
+    (
+        "en",
+        "Request: new laptop for onboarding",
+        "We have a new colleague starting on the 1st and need a laptop.",
+        "Noted. Which model do you prefer, 14 or 16 inch?",
+        "14 inch please.",
+    ),
 ]
 
-FIRST = ["Alice", "Bruno", "Carla", "Dmitri", "Elīna", "Farah", "Gintaras", "Hana", "Ivan", "Jūlija",
-         "Karim", "Laila", "Marta", "Nur", "Oskars", "Paulius", "Rasa", "Sergei", "Tariq", "Zainab"]
-LAST = ["Smith", "Ozols", "Ivanova", "Haddad", "Kazlauskas", "Rahman", "Kalniņa", "Novak", "Ali", "Lee"]
+FIRST = [
+    "Alice",
+    "Bruno",
+    "Carla",
+    "Dmitri",
+    "Elīna",
+    "Farah",
+    "Gintaras",
+    "Hana",
+    "Ivan",
+    "Jūlija",
+    "Karim",
+    "Laila",
+    "Marta",
+    "Nur",
+    "Oskars",
+    "Paulius",
+    "Rasa",
+    "Sergei",
+    "Tariq",
+    "Zainab",
+]
+LAST = [
+    "Smith",
+    "Ozols",
+    "Ivanova",
+    "Haddad",
+    "Kazlauskas",
+    "Rahman",
+    "Kalniņa",
+    "Novak",
+    "Ali",
+    "Lee",
+]
 TAGS = ["billing", "hardware", "login", "network", "vip", "onboarding", "refund", "bug"]
 
-STATUS_WEIGHTS = [("new", 6), ("open", 16), ("answered", 8), ("pending", 7), ("on-hold", 2), ("postponed", 2),
-                  ("solved", 20), ("closed", 39)]
+STATUS_WEIGHTS = [
+    ("new", 6),
+    ("open", 16),
+    ("answered", 8),
+    ("pending", 7),
+    ("on-hold", 2),
+    ("postponed", 2),
+    ("solved", 20),
+    ("closed", 39),
+]
 
 CANNED = [
-    ("Greeting", "Hello {{customer.first_name}},\n\nthank you for contacting us about ticket #{{ticket.number}}.\n\n"
-     "Best regards,\n{{agent.name}}"),
-    ("Need more info", "Hi {{customer.first_name}},\n\ncould you send us a screenshot and the exact error message?\n\n"
-     "{{agent.name}}"),
-    ("Solved", "Hello {{customer.first_name}},\n\nwe believe this is solved now. Reply to this mail if it is not.\n\n"
-     "{{agent.name}}"),
-    ("Paldies (lv)", "Labdien, {{customer.first_name}}!\n\nPaldies par jūsu ziņu.\n\nAr cieņu,\n{{agent.name}}"),
+    (
+        "Greeting",
+        "Hello {{customer.first_name}},\n\nthank you for contacting us about ticket #{{ticket.number}}.\n\n"
+        "Best regards,\n{{agent.name}}",
+    ),
+    (
+        "Need more info",
+        "Hi {{customer.first_name}},\n\ncould you send us a screenshot and the exact error message?\n\n"
+        "{{agent.name}}",
+    ),
+    (
+        "Solved",
+        "Hello {{customer.first_name}},\n\nwe believe this is solved now. Reply to this mail if it is not.\n\n"
+        "{{agent.name}}",
+    ),
+    (
+        "Paldies (lv)",
+        "Labdien, {{customer.first_name}}!\n\nPaldies par jūsu ziņu.\n\nAr cieņu,\n{{agent.name}}",
+    ),
 ]
 
 
@@ -114,8 +225,14 @@ async def seed_demo(
         await service.add_agent(login, name, f"{login}@example.com", languages=langs, queues=queues)
         logins.append(login)
     if me and me not in logins:
-        await service.add_agent(me, me.capitalize(), f"{me}@example.com", admin=True,
-                                queues=[q for q, _ in QUEUES], languages=["en"])
+        await service.add_agent(
+            me,
+            me.capitalize(),
+            f"{me}@example.com",
+            admin=True,
+            queues=[q for q, _ in QUEUES],
+            languages=["en"],
+        )
         logins.append(me)
     for cname, body in CANNED:
         await service.add_canned(cname, body)
@@ -136,27 +253,42 @@ async def seed_demo(
         # customers: one per 3 tickets, at least 50, at most 200,000
         n_customers = max(50, min(200_000, tickets // 3))
         cust_rows = []
-        base_cid = int((await s.execute(select(func.coalesce(func.max(Customer.id), 0)))).scalar_one())
+        base_cid = int(
+            (await s.execute(select(func.coalesce(func.max(Customer.id), 0)))).scalar_one()
+        )
         customer_org: dict[int, int | None] = {}
         customer_lang: dict[int, str] = {}
         for i in range(n_customers):
             cid = base_cid + i + 1
             first, last = rnd.choice(FIRST), rnd.choice(LAST)
             org = rnd.choice(org_rows) if rnd.random() < 0.6 else None
-            domain = org[1][0] if org else rnd.choice(["gmail.com", "inbox.lv", "mail.ru", "yahoo.com"])
+            domain = (
+                org[1][0] if org else rnd.choice(["gmail.com", "inbox.lv", "mail.ru", "yahoo.com"])
+            )
             customer_org[cid] = org[0] if org else None
             customer_lang[cid] = rnd.choice(THREADS)[0]
-            cust_rows.append({
-                "id": cid, "name": f"{first} {last}", "email": f"{first.lower()}.{last.lower()}{i}@{domain}",
-                "organization_id": org[0] if org else None, "language": customer_lang[cid], "notes": "",
-                "created_at": now - timedelta(days=400), "phone": f"+371 2{rnd.randrange(10**6, 10**7)}",
-            })
+            cust_rows.append(
+                {
+                    "id": cid,
+                    "name": f"{first} {last}",
+                    "email": f"{first.lower()}.{last.lower()}{i}@{domain}",
+                    "organization_id": org[0] if org else None,
+                    "language": customer_lang[cid],
+                    "notes": "",
+                    "created_at": now - timedelta(days=400),
+                    "phone": f"+371 2{rnd.randrange(10**6, 10**7)}",
+                }
+            )
         for i in range(0, len(cust_rows), batch):
             await s.execute(insert(Customer), cust_rows[i : i + batch])
-        number0 = int((await s.execute(text("SELECT value FROM counters WHERE name = 'ticket'"))).scalar_one())
+        number0 = int(
+            (await s.execute(text("SELECT value FROM counters WHERE name = 'ticket'"))).scalar_one()
+        )
         tid0 = int((await s.execute(select(func.coalesce(func.max(Ticket.id), 0)))).scalar_one())
         aid0 = int((await s.execute(select(func.coalesce(func.max(Article.id), 0)))).scalar_one())
-        await s.execute(text("UPDATE counters SET value = :v WHERE name = 'ticket'"), {"v": number0 + tickets})
+        await s.execute(
+            text("UPDATE counters SET value = :v WHERE name = 'ticket'"), {"v": number0 + tickets}
+        )
 
     statuses = [st for st, w in STATUS_WEIGHTS for _ in range(w)]
     by_lang: dict[str, list[tuple[str, str, str, str, str]]] = {}
@@ -182,34 +314,72 @@ async def seed_demo(
             updated = min(now, created + timedelta(minutes=rnd.randrange(10, 3 * 24 * 60)))
             impact, urgency = rnd.choice([0, 1, 1, 1, 2]), rnd.choice([0, 1, 1, 1, 2])
             prio = [[0, 0, 1], [0, 1, 2], [1, 2, 3]][impact][urgency]
-            t_rows.append({
-                "id": tid, "number": number0 + i + 1, "subject": th[1], "status": status, "priority": prio,
-                "impact": impact, "urgency": urgency, "queue_id": queue_ids["Baltics"] if lang in ("lv", "lt")
-                else rnd.choice(list(queue_ids.values())),
-                "assignee_id": rnd.choice(agent_ids) if status != "new" and rnd.random() < 0.85 else None,
-                "customer_id": cid, "organization_id": customer_org[cid], "language": th[0], "channel": "email",
-                "created_at": created, "updated_at": updated, "last_customer_at": created,
-                "first_response_at": created + timedelta(minutes=30) if status != "new" else None,
-                "solved_at": updated if status in ("solved", "closed") else None,
-                "closed_at": updated if status == "closed" else None,
-                "postponed_until": now + timedelta(hours=rnd.randrange(2, 96)) if status == "postponed" else None,
-                "version": 1, "priority_override_by": None, "type": None, "next_due_at": None,
-            })
+            t_rows.append(
+                {
+                    "id": tid,
+                    "number": number0 + i + 1,
+                    "subject": th[1],
+                    "status": status,
+                    "priority": prio,
+                    "impact": impact,
+                    "urgency": urgency,
+                    "queue_id": queue_ids["Baltics"]
+                    if lang in ("lv", "lt")
+                    else rnd.choice(list(queue_ids.values())),
+                    "assignee_id": rnd.choice(agent_ids)
+                    if status != "new" and rnd.random() < 0.85
+                    else None,
+                    "customer_id": cid,
+                    "organization_id": customer_org[cid],
+                    "language": th[0],
+                    "channel": "email",
+                    "created_at": created,
+                    "updated_at": updated,
+                    "last_customer_at": created,
+                    "first_response_at": created + timedelta(minutes=30)
+                    if status != "new"
+                    else None,
+                    "solved_at": updated if status in ("solved", "closed") else None,
+                    "closed_at": updated if status == "closed" else None,
+                    "postponed_until": now + timedelta(hours=rnd.randrange(2, 96))
+                    if status == "postponed"
+                    else None,
+                    "version": 1,
+                    "priority_override_by": None,
+                    "type": None,
+                    "next_due_at": None,
+                }
+            )
             if sqlite:
                 fts_t.append({"id": tid, "subject": th[1]})
-            bodies = [("email_in", th[2]), ("email_out", th[3]), ("email_in", th[4]),
-                      ("note", "Checked with the vendor; waiting for their answer."),
-                      ("email_out", th[3])][:n_articles]
+            bodies = [
+                ("email_in", th[2]),
+                ("email_out", th[3]),
+                ("email_in", th[4]),
+                ("note", "Checked with the vendor; waiting for their answer."),
+                ("email_out", th[3]),
+            ][:n_articles]
             step = (updated - created) / max(1, n_articles)
             for k, (kind, body) in enumerate(bodies):
                 aid += 1
-                a_rows.append({
-                    "id": aid, "ticket_id": tid, "kind": kind, "body_text": body, "subject": th[1],
-                    "from_addr": "" if kind != "email_in" else "customer",
-                    "to_addrs": "", "cc_addrs": "", "quoted_text": "", "language": th[0],
-                    "message_id": f"demo-{tid}-{k}@example.com", "created_at": created + step * k, "meta": {},
-                    "delivery_status": "sent" if kind == "email_out" else None,
-                })
+                a_rows.append(
+                    {
+                        "id": aid,
+                        "ticket_id": tid,
+                        "kind": kind,
+                        "body_text": body,
+                        "subject": th[1],
+                        "from_addr": "" if kind != "email_in" else "customer",
+                        "to_addrs": "",
+                        "cc_addrs": "",
+                        "quoted_text": "",
+                        "language": th[0],
+                        "message_id": f"demo-{tid}-{k}@example.com",
+                        "created_at": created + step * k,
+                        "meta": {},
+                        "delivery_status": "sent" if kind == "email_out" else None,
+                    }
+                )
                 if sqlite:
                     fts_a.append({"id": aid, "body": body, "tid": tid})
             if rnd.random() < 0.3:
@@ -220,16 +390,24 @@ async def seed_demo(
             if tag_rows:
                 await s.execute(insert(TicketTag), tag_rows)
             if sqlite:
-                await s.execute(text("INSERT INTO ticket_fts(rowid, subject) VALUES (:id, :subject)"), fts_t)
-                await s.execute(text("INSERT INTO article_fts(rowid, body, ticket_id) VALUES (:id, :body, :tid)"),
-                                fts_a)
+                await s.execute(
+                    text("INSERT INTO ticket_fts(rowid, subject) VALUES (:id, :subject)"), fts_t
+                )
+                await s.execute(
+                    text(
+                        "INSERT INTO article_fts(rowid, body, ticket_id) VALUES (:id, :body, :tid)"
+                    ),
+                    fts_a,
+                )
         done += len(t_rows)
         if progress:
             progress(done, tickets)
     if not sqlite:
         async with service.db.write() as s:
             for table in ("tickets", "articles", "customers"):
-                await s.execute(text(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
-                ))
+                await s.execute(
+                    text(
+                        f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
+                    )
+                )
     return tickets

@@ -16,15 +16,22 @@ async def _ticket(service: Service, subject: str = "Printer jam") -> tuple[Actor
     await service.add_queue("Support", ["support@example.com"])
     agent = await service.add_agent("alice", "Alice Agent", "alice@example.com")
     t = await service.create_ticket(
-        Actor("mail", "sync"), subject=subject, customer_email="carol@acme.com", customer_name="Carol",
-        article=ArticleInput(kind=ArticleKind.EMAIL_IN, body="It jams.", message_id="orig-1@acme.com"),
+        Actor("mail", "sync"),
+        subject=subject,
+        customer_email="carol@acme.com",
+        customer_name="Carol",
+        article=ArticleInput(
+            kind=ArticleKind.EMAIL_IN, body="It jams.", message_id="orig-1@acme.com"
+        ),
         queue="Support",
     )
     return Actor("agent", "alice", agent.id), t.number
 
 
 def _sender(service: Service, smtp: Any, clock: FakeClock) -> OutboxSender:
-    cfg = SmtpConfig(host=smtp.host, port=smtp.port, from_address="support@example.com", from_name="Acme Support")
+    cfg = SmtpConfig(
+        host=smtp.host, port=smtp.port, from_address="support@example.com", from_name="Acme Support"
+    )
     return OutboxSender(service.db, cfg, clock=clock)
 
 
@@ -33,7 +40,9 @@ async def _outbox(service: Service) -> list[Outbox]:
         return list((await s.execute(select(Outbox).order_by(Outbox.id))).scalars())
 
 
-async def test_reply_is_delivered_with_threading_headers(service: Service, smtp_server: Any, clock: FakeClock) -> None:
+async def test_reply_is_delivered_with_threading_headers(
+    service: Service, smtp_server: Any, clock: FakeClock
+) -> None:
     actor, n = await _ticket(service)
     await service.add_reply(actor, n, "Hello Carol,\n\nplease try again.\n")
     counts = await _sender(service, smtp_server, clock).send_due()
@@ -43,7 +52,7 @@ async def test_reply_is_delivered_with_threading_headers(service: Service, smtp_
     assert got.rcpt_tos == ["carol@acme.com"]
     assert msg["To"] == "carol@acme.com"
     assert msg["From"] == "Alice Agent via Acme Support <support@example.com>"
-    assert msg["Subject"] == "Re: Printer jam [#%d]" % n
+    assert msg["Subject"] == f"Re: Printer jam [#{n}]"
     assert msg["In-Reply-To"] == "<orig-1@acme.com>"
     assert "<orig-1@acme.com>" in msg["References"]
     assert msg["Auto-Submitted"] is None  # a human reply
@@ -54,7 +63,9 @@ async def test_reply_is_delivered_with_threading_headers(service: Service, smtp_
     assert detail.articles[-1].delivery_status == "sent"
 
 
-async def test_header_injection_in_subject_is_folded(service: Service, smtp_server: Any, clock: FakeClock) -> None:
+async def test_header_injection_in_subject_is_folded(
+    service: Service, smtp_server: Any, clock: FakeClock
+) -> None:
     actor, n = await _ticket(service, "Help\r\nBcc: x@evil.example")
     await service.add_reply(actor, n, "ok")
     await _sender(service, smtp_server, clock).send_due()
@@ -64,7 +75,9 @@ async def test_header_injection_in_subject_is_folded(service: Service, smtp_serv
     assert "\nBcc:" not in raw and got.rcpt_tos == ["carol@acme.com"]
 
 
-async def test_smtp_down_then_back_delivers_exactly_once(service: Service, smtp_server: Any, clock: FakeClock) -> None:
+async def test_smtp_down_then_back_delivers_exactly_once(
+    service: Service, smtp_server: Any, clock: FakeClock
+) -> None:
     actor, n = await _ticket(service)
     for i in range(3):
         await service.add_reply(actor, n, f"reply {i}")
@@ -82,7 +95,9 @@ async def test_smtp_down_then_back_delivers_exactly_once(service: Service, smtp_
     assert sorted(m.message.get_content().strip() for m in got) == ["reply 0", "reply 1", "reply 2"]
 
 
-async def test_4xx_retries_and_5xx_fails_visibly(service: Service, smtp_server: Any, clock: FakeClock) -> None:
+async def test_4xx_retries_and_5xx_fails_visibly(
+    service: Service, smtp_server: Any, clock: FakeClock
+) -> None:
     actor, n = await _ticket(service)
     await service.add_reply(actor, n, "first")
     sender = _sender(service, smtp_server, clock)

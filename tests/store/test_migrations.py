@@ -19,11 +19,15 @@ async def test_upgrade_head_matches_models_and_is_repeatable(db_url: str) -> Non
         await upgrade(db)  # a second run is a no-op, not an error
         assert await current_revision(db) == head_revision()
         async with db.engine.connect() as conn:
-            diff = await conn.run_sync(lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata))
+            diff = await conn.run_sync(
+                lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata)
+            )
             # the full-text structures are created by the migration on purpose, outside the models
             diff = [d for d in diff if "fts" not in str(d) and "search" not in str(d)]
             assert diff == []
-            counter = (await conn.execute(text("SELECT value FROM counters WHERE name = 'ticket'"))).scalar_one()
+            counter = (
+                await conn.execute(text("SELECT value FROM counters WHERE name = 'ticket'"))
+            ).scalar_one()
             assert counter == 1000  # ticket numbers start at #1001
     finally:
         await db.dispose()

@@ -35,7 +35,9 @@ async def _ticket(service: Service, subject: str = "Printer jam", **kw: object) 
         subject=subject,
         customer_email="Carol@Acme.com",
         customer_name="Carol",
-        article=ArticleInput(kind=ArticleKind.EMAIL_IN, body="The printer is jammed again.", message_id="m1@acme"),
+        article=ArticleInput(
+            kind=ArticleKind.EMAIL_IN, body="The printer is jammed again.", message_id="m1@acme"
+        ),
         queue="Support",
         **kw,  # type: ignore[arg-type]
     )
@@ -70,7 +72,9 @@ async def test_every_transition_allowed_or_refused(service: Service) -> None:
             n = await _ticket(service, f"{src}->{dst}")
             # bring the ticket into `src`
             if src is Status.POSTPONED:
-                await service.update_ticket(actor, n, postpone_until=service.clock() + timedelta(days=1))
+                await service.update_ticket(
+                    actor, n, postpone_until=service.clock() + timedelta(days=1)
+                )
             elif src is Status.CLOSED:
                 await service.update_ticket(actor, n, status=Status.CLOSED)
             elif src is Status.SOLVED:
@@ -113,12 +117,16 @@ async def test_customer_reply_reopens_and_closed_opens_linked(service: Service) 
     for status in (Status.ANSWERED, Status.PENDING, Status.SOLVED):
         await service.update_ticket(actor, n, status=status)
         t, _, new = await service.add_customer_message(
-            Actor("mail", "sync"), n, ArticleInput(kind=ArticleKind.EMAIL_IN, body=f"still broken after {status}")
+            Actor("mail", "sync"),
+            n,
+            ArticleInput(kind=ArticleKind.EMAIL_IN, body=f"still broken after {status}"),
         )
         assert not new and t.status == "open"
     await service.update_ticket(actor, n, status=Status.CLOSED)
     t, art, new = await service.add_customer_message(
-        Actor("mail", "sync"), n, ArticleInput(kind=ArticleKind.EMAIL_IN, body="and again", subject="Re: Printer jam")
+        Actor("mail", "sync"),
+        n,
+        ArticleInput(kind=ArticleKind.EMAIL_IN, body="and again", subject="Re: Printer jam"),
     )
     assert new and t.number != n
     detail = await service.ticket_detail(t.number)
@@ -126,7 +134,9 @@ async def test_customer_reply_reopens_and_closed_opens_linked(service: Service) 
     assert (await service.get_ticket(n)).status == "closed"
 
 
-async def test_postponed_wakes_on_time_and_on_customer_reply(service: Service, clock: FakeClock) -> None:
+async def test_postponed_wakes_on_time_and_on_customer_reply(
+    service: Service, clock: FakeClock
+) -> None:
     actor = await _setup(service)
     n1 = await _ticket(service)
     n2 = await _ticket(service)
@@ -136,7 +146,9 @@ async def test_postponed_wakes_on_time_and_on_customer_reply(service: Service, c
     await service.update_ticket(actor, n2, postpone_until=wake)
     clock.advance(days=1)
     assert (await service.tick())["woken"] == []
-    await service.add_customer_message(Actor("mail", "sync"), n2, ArticleInput(kind=ArticleKind.EMAIL_IN, body="hi?"))
+    await service.add_customer_message(
+        Actor("mail", "sync"), n2, ArticleInput(kind=ArticleKind.EMAIL_IN, body="hi?")
+    )
     t2 = await service.get_ticket(n2)
     assert t2.status == "open" and t2.postponed_until is None
     clock.advance(days=1, seconds=1)
@@ -204,7 +216,11 @@ async def test_tags_assign_queue_and_audit_accounting(service: Service) -> None:
         await service.update_ticket(actor, n, assignee="nobody")
     async with service.db.read() as s:
         audits = (await s.execute(select(func.count()).select_from(AuditEvent))).scalar_one()
-        events = (await s.execute(select(func.count()).select_from(Event).where(Event.ticket_id.is_not(None)))).scalar_one()
+        events = (
+            await s.execute(
+                select(func.count()).select_from(Event).where(Event.ticket_id.is_not(None))
+            )
+        ).scalar_one()
     assert audits >= 5 and events >= 3
 
 
@@ -232,13 +248,23 @@ async def test_attachments_stored_once_by_hash(service: Service) -> None:
     actor = await _setup(service)
     data = b"%PDF-1.4 fake invoice"
     n = await service.create_ticket(
-        actor, subject="invoice", customer_email="x@y.z",
-        article=ArticleInput(kind=ArticleKind.EMAIL_IN, body="see attached",
-                             attachments=[AttachmentInput("inv.pdf", data, "application/pdf")]),
+        actor,
+        subject="invoice",
+        customer_email="x@y.z",
+        article=ArticleInput(
+            kind=ArticleKind.EMAIL_IN,
+            body="see attached",
+            attachments=[AttachmentInput("inv.pdf", data, "application/pdf")],
+        ),
     )
     await service.add_customer_message(
-        actor, n.number, ArticleInput(kind=ArticleKind.EMAIL_IN, body="again",
-                                      attachments=[AttachmentInput("inv-copy.pdf", data, "application/pdf")])
+        actor,
+        n.number,
+        ArticleInput(
+            kind=ArticleKind.EMAIL_IN,
+            body="again",
+            attachments=[AttachmentInput("inv-copy.pdf", data, "application/pdf")],
+        ),
     )
     detail = await service.ticket_detail(n.number)
     atts = [a for art in detail.articles for a in art.attachments]
