@@ -44,6 +44,12 @@ view_app = typer.Typer(help="Saved views (named queries).", no_args_is_help=True
 priority_app = typer.Typer(help="Priority policy: impact x urgency.", no_args_is_help=True)
 status_app = typer.Typer(help="Status labels shown to agents and customers.", no_args_is_help=True)
 org_app = typer.Typer(help="Customer organizations.", no_args_is_help=True)
+sla_app = typer.Typer(
+    help="SLA policies: targets per priority on a business calendar.", no_args_is_help=True
+)
+calendar_app = typer.Typer(
+    help="Business calendars: hours, time zone, holidays.", no_args_is_help=True
+)
 for sub, name in [
     (db_app, "db"),
     (agent_app, "agent"),
@@ -54,6 +60,8 @@ for sub, name in [
     (priority_app, "priority"),
     (status_app, "status"),
     (org_app, "org"),
+    (sla_app, "sla"),
+    (calendar_app, "calendar"),
 ]:
     app.add_typer(sub, name=name)
 
@@ -1097,6 +1105,187 @@ def status_list(
     for k, v in labels.items():
         table.add_row(Text(k), Text(v))
     out.print(table)
+
+
+# --------------------------------------------------------------------------- SLA
+@calendar_app.command("add")
+def calendar_add(
+    name: str,
+    timezone: Annotated[str, typer.Option(help="IANA time zone, e.g. Europe/Riga.")] = "UTC",
+    hours: Annotated[
+        str, typer.Option(help='Working hours, e.g. "mon-fri 09:00-17:00; sat 10:00-14:00".')
+    ] = ("mon-fri 09:00-17:00"),
+    country: Annotated[
+        str | None, typer.Option(help="Public holidays of this country (e.g. LV).")
+    ] = None,
+    subdivision: Annotated[str | None, typer.Option(help="Region for public holidays.")] = None,
+    holiday: Annotated[
+        list[str] | None, typer.Option(help="An extra holiday YYYY-MM-DD (repeatable).")
+    ] = None,
+    db: DbOpt = None,
+) -> None:
+    """Add a business calendar."""
+    from store import sla
+
+    run(
+        db,
+        lambda s: sla.add_calendar(
+            s.db,
+            name,
+            timezone=timezone,
+            hours=hours,
+            country=country,
+            subdivision=subdivision,
+            holidays=holiday or [],
+        ),
+    )
+    out.print(Text(f"Calendar {name} added."))
+
+
+@calendar_app.command("list")
+def calendar_list(db: DbOpt = None) -> None:
+    """List calendars."""
+    from store import sla
+
+    rows = run(db, lambda s: sla.list_calendars(s.db))
+    for row in rows:
+        out.print(Text(f"{row.name}: {sla.calendar_of(row).describe()}"))
+
+
+@calendar_app.command("holiday")
+def calendar_holiday(name: str, dates: list[str], db: DbOpt = None) -> None:
+    """Add holidays (YYYY-MM-DD) to a calendar."""
+    from store import sla
+
+    run(db, lambda s: sla.add_holidays(s.db, name, dates))
+    out.print(Text(f"{len(dates)} holiday(s) added to {name}."))
+
+
+@calendar_app.command("import-ics")
+def calendar_import_ics(name: str, path: Path, db: DbOpt = None) -> None:
+    """Import all-day holidays from an iCalendar file."""
+    from store import sla
+
+    res = run(db, lambda s: sla.import_ics(s.db, name, path))
+    out.print(Text(f"Imported into {name}: {res}"))
+
+
+@calendar_app.command("remove")
+def calendar_remove(name: str, db: DbOpt = None) -> None:
+    """Remove a calendar no policy uses."""
+    from store import sla
+
+    run(db, lambda s: sla.remove_calendar(s.db, name))
+    out.print(Text(f"Calendar {name} removed."))
+
+
+@sla_app.command("add")
+def sla_add(
+    name: str,
+    calendar: Annotated[str, typer.Option(help="Business calendar name.")],
+    condition: Annotated[str, typer.Option(help="Query the ticket must match (empty: all).")] = "",
+    first_response: Annotated[
+        str | None, typer.Option(help='e.g. "urgent=30min,high=1h,normal=4h,low=8h" or "4h"')
+    ] = None,
+    next_response: Annotated[
+        str | None, typer.Option(help="Targets after each customer reply.")
+    ] = None,
+    resolution: Annotated[str | None, typer.Option(help="Targets for solving.")] = None,
+    pause_on_hold: Annotated[bool, typer.Option(help="Pause the clocks while on-hold.")] = False,
+    position: Annotated[
+        int | None, typer.Option(help="Order (first match applies); default last.")
+    ] = None,
+    db: DbOpt = None,
+) -> None:
+    """Add an SLA policy and recompute every active ticket's due times."""
+    from store import sla
+
+    async def body(s: Service) -> Any:
+        await sla.add_policy(
+            s.db,
+            name,
+            calendar=calendar,
+            condition=condition,
+            position=position,
+            pause_on_hold=pause_on_hold,
+            targets=sla.parse_targets(first_response, next_response, resolution),
+        )
+        return await sla.recompute_all(s.db, datetime.now(UTC))
+
+    stats = run(db, body)
+    out.print(Text(f"Policy {name} added; {stats.tickets} active tickets recomputed."))
+
+
+@sla_app.command("list")
+def sla_list(db: DbOpt = None) -> None:
+    """List SLA policies in the order they are tried."""
+    from store import sla
+
+    rows = run(db, lambda s: sla.list_policies(s.db))
+    table = Table("#", "policy", "condition", "calendar", "targets")
+    for pol, cal in rows:
+        table.add_row(
+            str(pol.position),
+            Text(pol.name),
+            Text(pol.condition or "(all)"),
+            Text(cal),
+            Text("; ".join(sla.format_targets(pol.targets))),
+        )
+    out.print(table)
+
+
+@sla_app.command("show")
+def sla_show(name: str, db: DbOpt = None) -> None:
+    """Show one policy."""
+    from store import sla
+
+    pol, cal = run(db, lambda s: sla.get_policy(s.db, name))
+    out.print(
+        Text(f"{pol.name} (position {pol.position}) when: {pol.condition or '(all tickets)'}")
+    )
+    out.print(Text(f"calendar {cal.name}: {sla.calendar_of(cal).describe()}"))
+    out.print(
+        Text(f"on-hold pauses: {'yes' if pol.pause_on_hold else 'no'}; pending always pauses")
+    )
+    for line in sla.format_targets(pol.targets):
+        out.print(Text(f"  {line}"))
+
+
+@sla_app.command("remove")
+def sla_remove(name: str, db: DbOpt = None) -> None:
+    """Remove a policy and recompute."""
+    from store import sla
+
+    async def body(s: Service) -> Any:
+        await sla.remove_policy(s.db, name)
+        return await sla.recompute_all(s.db, datetime.now(UTC))
+
+    run(db, body)
+    out.print(Text(f"Policy {name} removed."))
+
+
+@sla_app.command("explain")
+def sla_explain(ticket: str, db: DbOpt = None) -> None:
+    """Which policy applies to a ticket and how each due time was computed."""
+    from store import sla
+
+    n = _number(ticket)
+    for line in run(db, lambda s: sla.explain(s.db, n, datetime.now(UTC))):
+        out.print(Text(line))
+
+
+@sla_app.command("recompute")
+def sla_recompute(db: DbOpt = None) -> None:
+    """Recompute all active tickets' SLA due times (after editing policies or calendars)."""
+    from store import sla
+
+    stats = run(db, lambda s: sla.recompute_all(s.db, datetime.now(UTC)))
+    out.print(
+        Text(
+            f"{stats.tickets} tickets, {stats.changed} changed, {len(stats.newly_breached)} newly breached, "
+            f"{stats.seconds:.1f}s"
+        )
+    )
 
 
 # --------------------------------------------------------------------------- demo

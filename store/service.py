@@ -232,6 +232,12 @@ class Service:
         changes = [f"{a.actor} {a.action} {a.field or ''}".strip() for a in rows]
         raise ConflictError(ticket.number, expected_version, ticket.version, changes)
 
+    async def _sla(self, session: AsyncSession, ticket: Ticket) -> None:
+        """Keep the ticket's SLA clocks and `next_due_at` current, in the same transaction."""
+        from store import sla
+
+        await sla.recompute_ticket(session, ticket, self.clock())
+
     def _touch(self, ticket: Ticket) -> None:
         ticket.updated_at = self.clock()
         ticket.version += 1
@@ -461,6 +467,7 @@ class Service:
             session.add(TicketLink(ticket_id=old.id, other_id=ticket.id, kind="followed-up-by"))
         self._audit(session, ticket.id, actor, "created", None, None, f"#{number}")
         await self._event(session, ticket.id, "created", actor)
+        await self._sla(session, ticket)
         await session.flush()
         await session.refresh(ticket)
         return ticket
@@ -661,6 +668,7 @@ class Service:
 
         if changed:
             self._touch(t)
+            await self._sla(session, t)
             await self._event(session, t.id, "updated", actor)
             await session.flush()
             await session.refresh(t)
@@ -754,6 +762,7 @@ class Service:
                 self._apply_status(session, t, actor, target, now)
             self._audit(session, t.id, actor, "replied", None, None, f"article {article.id}")
             self._touch(t)
+            await self._sla(session, t)
             await self._event(session, t.id, "article", actor)
             return article
 
@@ -836,6 +845,7 @@ class Service:
             t.language = data.language
         self._audit(session, t.id, actor, "customer-replied", None, None, f"article {article.id}")
         self._touch(t)
+        await self._sla(session, t)
         await self._event(session, t.id, "article", actor)
         await session.flush()
         return t, article, False
@@ -892,6 +902,8 @@ class Service:
                 dst.last_customer_at = src.last_customer_at
             self._touch(src)
             self._touch(dst)
+            await self._sla(session, src)
+            await self._sla(session, dst)
             await self._event(session, src.id, "merged", actor)
             await self._event(session, dst.id, "article", actor)
             await session.flush()
@@ -923,6 +935,7 @@ class Service:
                 t.status = Status.OPEN.value
                 t.postponed_until = None
                 self._touch(t)
+                await self._sla(session, t)
                 await self._event(session, t.id, "updated", SYSTEM)
                 woken.append(t.number)
             cutoff = now - timedelta(days=days)
@@ -945,6 +958,7 @@ class Service:
                 t.status = Status.CLOSED.value
                 t.closed_at = now
                 self._touch(t)
+                await self._sla(session, t)
                 await self._event(session, t.id, "updated", SYSTEM)
                 closed.append(t.number)
         return {"woken": woken, "closed": closed}
