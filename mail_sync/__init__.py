@@ -1,0 +1,1 @@
+"""UI-free mail layer: parsing incoming mail and syncing it from IMAP."""
