@@ -47,6 +47,7 @@ org_app = typer.Typer(help="Customer organizations.", no_args_is_help=True)
 sla_app = typer.Typer(
     help="SLA policies: targets per priority on a business calendar.", no_args_is_help=True
 )
+rule_app = typer.Typer(help="Rules (triggers): condition query -> actions.", no_args_is_help=True)
 calendar_app = typer.Typer(
     help="Business calendars: hours, time zone, holidays.", no_args_is_help=True
 )
@@ -62,6 +63,7 @@ for sub, name in [
     (org_app, "org"),
     (sla_app, "sla"),
     (calendar_app, "calendar"),
+    (rule_app, "rule"),
 ]:
     app.add_typer(sub, name=name)
 
@@ -148,7 +150,8 @@ def run(db: str | None, body: Callable[[Service], Awaitable[T]], *, need_schema:
     except (ValidationError, ValueError) as exc:
         fail(str(exc), EXIT_INVALID)
     except StoreError as exc:
-        fail(str(exc), EXIT_DATABASE)
+        # plain StoreError is the engine's (URL, schema, filesystem); subclasses are bad input
+        fail(str(exc), EXIT_DATABASE if type(exc) is StoreError else EXIT_INVALID)
     except (OperationalError, DBAPIError, OSError) as exc:
         detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         fail(f"cannot use the database {_display_url(database.url)}: {detail}", EXIT_DATABASE)
@@ -1286,6 +1289,167 @@ def sla_recompute(db: DbOpt = None) -> None:
             f"{stats.seconds:.1f}s"
         )
     )
+
+
+# --------------------------------------------------------------------------- rules & reports
+@rule_app.command("add")
+def rule_add(
+    name: str,
+    on: Annotated[str, typer.Option("--on", help="created | customer_replied | updated | time")],
+    then: Annotated[
+        list[str],
+        typer.Option(
+            "--then",
+            help="ACTION=VALUE, e.g. queue=Baltics, tag+=vip, "
+            "assign=auto, canned=Greeting, notify=lead",
+        ),
+    ],
+    if_: Annotated[str, typer.Option("--if", help="Condition query (empty: every ticket).")] = "",
+    position: Annotated[int | None, typer.Option(help="Order among the event's rules.")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Add a rule."""
+    from store import rules
+
+    run(
+        db,
+        lambda s: rules.add_rule(s, name, event=on, condition=if_, actions=then, position=position),
+    )
+    out.print(Text(f"Rule {name} added."))
+
+
+@rule_app.command("list")
+def rule_list(on: Annotated[str | None, typer.Option("--on")] = None, db: DbOpt = None) -> None:
+    """List rules by event and order."""
+    from store import rules
+
+    items = run(db, lambda s: rules.list_rules(s, on))
+    table = Table("#", "rule", "on", "enabled", "if", "then")
+    for r in items:
+        table.add_row(
+            str(r.position),
+            Text(r.name),
+            Text(r.event),
+            "yes" if r.enabled else "no",
+            Text(r.condition or "(all)"),
+            Text("; ".join(rules.describe_action(a) for a in r.actions)),
+        )
+    out.print(table)
+
+
+@rule_app.command("test")
+def rule_test(
+    target: Annotated[str, typer.Argument(help="A ticket (#1234), a rule name, or a query.")],
+    rule: Annotated[str | None, typer.Option(help="Only this rule.")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Dry run: which rules would fire on which tickets, and what they would change."""
+    from store import rules
+
+    results = run(db, lambda s: rules.test_rule(s, target, rule=rule))
+    if not results:
+        out.print("No ticket matches.")
+    for r in results:
+        what = "; ".join(r.changes) if r.changes else "no change"
+        out.print(
+            Text(
+                f"#{r.ticket}: "
+                + (f"{r.rule} ({r.event}) -> {what}" if r.rule else "no rule fires")
+            )
+        )
+
+
+@rule_app.command("disable")
+def rule_disable(name: str, db: DbOpt = None) -> None:
+    """Disable a rule."""
+    from store import rules
+
+    run(db, lambda s: rules.disable_rule(s, name))
+    out.print(Text(f"Rule {name} disabled."))
+
+
+@rule_app.command("enable")
+def rule_enable(name: str, db: DbOpt = None) -> None:
+    """Enable a rule."""
+    from store import rules
+
+    run(db, lambda s: rules.enable_rule(s, name))
+    out.print(Text(f"Rule {name} enabled."))
+
+
+@queue_app.command("assign")
+def queue_assign(
+    queue: str,
+    strategy: Annotated[
+        str | None, typer.Option(help="manual | round_robin | least_loaded")
+    ] = None,
+    require_presence: Annotated[
+        bool | None, typer.Option(help="Only agents with the console open.")
+    ] = None,
+    lead: Annotated[str | None, typer.Option(help="Queue lead (notified by escalations).")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Set a queue's assignment strategy."""
+    from store import rules
+
+    run(
+        db,
+        lambda s: rules.set_assignment(
+            s, queue, strategy=strategy, require_presence=require_presence, lead=lead
+        ),
+    )
+    out.print(Text(f"Assignment for {queue} updated."))
+
+
+@app.command()
+def report(
+    since: Annotated[
+        str | None, typer.Option(help="Start date YYYY-MM-DD or 30d (default: 30 days ago).")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="End date YYYY-MM-DD (default: now).")] = None,
+    queue: Annotated[str | None, typer.Option(help="Only this queue.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Only this agent's tickets.")] = None,
+    calendar: Annotated[
+        str | None, typer.Option(help="Business calendar for response times.")
+    ] = None,
+    db: DbOpt = None,
+    json_: JsonOpt = False,
+    csv_: Annotated[bool, typer.Option("--csv", help="CSV output.")] = False,
+) -> None:
+    """Team figures: volumes, backlog, response and resolution times, FCR, SLA, reopens, CSAT."""
+    from store import reports
+
+    now = datetime.now(UTC)
+
+    def when(v: str | None) -> datetime | None:
+        if v is None:
+            return None
+        if v[-1:].isalpha():
+            return now - (parse_when(v, now) - now)
+        return parse_when(v, now)
+
+    flt = reports.ReportFilter(since=when(since), until=when(until), queue=queue, agent=agent)
+
+    async def body(s: Service) -> Any:
+        cal = None
+        if calendar:
+            from store import sla
+
+            rows = {r.name: r for r in await sla.list_calendars(s.db)}
+            if calendar not in rows:
+                raise NotFoundError(f"no calendar {calendar!r}")
+            cal = sla.calendar_of(rows[calendar])
+        return await reports.build_report(s.db, flt, now=now, calendar=cal)
+
+    rep = run(db, body)
+    if json_:
+        sys.stdout.write(rep.to_json() + "\n")
+    elif csv_:
+        import csv
+
+        csv.writer(sys.stdout).writerows(rep.to_csv_rows())
+    else:
+        out.print(reports.render_text(rep))
 
 
 # --------------------------------------------------------------------------- demo

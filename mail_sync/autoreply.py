@@ -100,27 +100,12 @@ async def queue_acknowledgement(
     ).scalar_one_or_none()
     if canned is None:
         return f"acknowledgement template {template_name!r} not found"
-    from store.templates import render
+    from types import SimpleNamespace
 
-    customer = ticket.customer
-    rendered = render(
-        canned.body,
-        {
-            "customer": {
-                "name": customer.name if customer else "",
-                "email": sender,
-                "first_name": (customer.name.split() or [""])[0]
-                if customer and customer.name
-                else "",
-            },
-            "ticket": {"number": ticket.number, "subject": ticket.subject},
-            "agent": {
-                "name": queue.name if queue else "Support",
-                "first_name": queue.name if queue else "Support",
-            },
-            "organization": {"name": ticket.organization.name if ticket.organization else ""},
-        },
-    )
+    from store.templates import context_from, render
+
+    team = SimpleNamespace(name=queue.name if queue else "Support")
+    rendered = render(canned.body, context_from(ticket, team))
     if rendered.unknown:
         return f"acknowledgement not sent: template has unknown variables {', '.join(rendered.unknown)}"
     first = (

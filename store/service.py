@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -380,6 +381,18 @@ class Service:
         await self._index_article(session, article)
         return article
 
+    async def _after_commit(self, event: str, number: int, actor: Actor) -> list[str]:
+        """Run the rules for a committed change; a broken rule never fails the change itself."""
+        if actor.kind == "rule":
+            return []
+        from store.rules import run_rules
+
+        try:
+            return await run_rules(self, event, number, self.clock())
+        except Exception:  # noqa: BLE001 - logged, and the triggering change stays committed
+            logging.getLogger(__name__).exception("rules failed on #%s (%s)", number, event)
+            return []
+
     # ----------------------------------------------------------------- tickets
     async def create_ticket(
         self,
@@ -404,7 +417,7 @@ class Service:
         """Open a new ticket with its first article."""
         if session is None:
             async with self.db.write() as s:
-                return await self.create_ticket(
+                created = await self.create_ticket(
                     actor,
                     subject=subject,
                     customer_email=customer_email,
@@ -422,6 +435,9 @@ class Service:
                     linked_from=linked_from,
                     session=s,
                 )
+            if await self._after_commit("created", created.number, actor):
+                created = await self.get_ticket(created.number)
+            return created
         now = article.created_at if article and article.created_at else self.clock()
         customer = await self.customer_for(session, customer_email, customer_name)
         q = await self._queue_by_name(session, queue) if queue else None
@@ -498,7 +514,7 @@ class Service:
         """
         if session is None:
             async with self.db.write() as s:
-                return await self.update_ticket(
+                updated = await self.update_ticket(
                     actor,
                     number,
                     expected_version=expected_version,
@@ -515,7 +531,12 @@ class Service:
                     type=type,
                     session=s,
                 )
+                before = s.info.get("version_before")
+            if before != updated.version and await self._after_commit("updated", number, actor):
+                updated = await self.get_ticket(number)
+            return updated
         t = await self._ticket_for_update(session, number)
+        session.info["version_before"] = t.version
         await self._check_version(session, t, expected_version)
         changed = False
         now = self.clock()
@@ -806,7 +827,9 @@ class Service:
         """
         if session is None:
             async with self.db.write() as s:
-                return await self.add_customer_message(actor, number, data, session=s)
+                result = await self.add_customer_message(actor, number, data, session=s)
+            await self._after_commit("created" if result[2] else "customer_replied", result[0].number, actor)
+            return result
         t = await self._ticket_for_update(session, number)
         if t.status == Status.MERGED.value and t.merged_into_id is not None:
             target = await session.get(Ticket, t.merged_into_id)
