@@ -258,6 +258,7 @@ async def seed_demo(
         )
         customer_org: dict[int, int | None] = {}
         customer_lang: dict[int, str] = {}
+        customer_email: dict[int, str] = {}
         for i in range(n_customers):
             cid = base_cid + i + 1
             first, last = rnd.choice(FIRST), rnd.choice(LAST)
@@ -267,11 +268,12 @@ async def seed_demo(
             )
             customer_org[cid] = org[0] if org else None
             customer_lang[cid] = rnd.choice(THREADS)[0]
+            customer_email[cid] = f"{first.lower()}.{last.lower()}{i}@{domain}"
             cust_rows.append(
                 {
                     "id": cid,
                     "name": f"{first} {last}",
-                    "email": f"{first.lower()}.{last.lower()}{i}@{domain}",
+                    "email": customer_email[cid],
                     "organization_id": org[0] if org else None,
                     "language": customer_lang[cid],
                     "notes": "",
@@ -369,8 +371,12 @@ async def seed_demo(
                         "kind": kind,
                         "body_text": body,
                         "subject": th[1],
-                        "from_addr": "" if kind != "email_in" else "customer",
-                        "to_addrs": "",
+                        "from_addr": customer_email[cid] if kind == "email_in" else "",
+                        "to_addrs": customer_email[cid] if kind == "email_out" else "",
+                        "author_agent_id": None
+                        if kind == "email_in"
+                        else t_rows[-1]["assignee_id"],
+                        "author_customer_id": cid if kind == "email_in" else None,
                         "cc_addrs": "",
                         "quoted_text": "",
                         "language": th[0],
