@@ -1,0 +1,431 @@
+"""Sortable, keyset-paged ticket lists (no OFFSET), for the console, the CLI and views.
+
+A page is one SELECT over ``tickets`` with outer joins to its agent, customer and queue
+(many-to-one, so no row is duplicated), filtered by a WHERE from `store.query`, ordered
+by one of `ORDERS` and cut after the last row of the previous page by comparing the
+sort key as a row value: ``(updated_at, id) < (:u, :i)``. Pages therefore cost the same
+at the start and at the end of a million tickets, and rows inserted meanwhile never
+shift a page. Cursors are opaque strings (URL-safe base64 of JSON holding the sort key
+of the boundary row).
+
+The ``relevance`` order (full-text queries only) is the exception: its scores are
+computed per query, so it pages by OFFSET (its cursor holds the offset).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Subquery,
+    func,
+    literal,
+    literal_column,
+    select,
+    tuple_,
+)
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from store.models import Agent, Customer, Queue, Tag, Ticket, TicketTag, UTCDateTime
+
+if TYPE_CHECKING:
+    _AnySelect = Select[*tuple[Any, ...]]
+
+__all__ = [
+    "ORDERS",
+    "CursorError",
+    "Page",
+    "TicketRow",
+    "count",
+    "last_page",
+    "list_page",
+]
+
+#: The orders a list can have, with the explanation shown in the console's `?` help.
+ORDERS: dict[str, str] = {
+    "updated": "recently changed first (updated time, newest first) - the default",
+    "created": "newest tickets first (created time)",
+    "number": "by ticket number, lowest (oldest) first",
+    "next": (
+        "what to do next: highest priority first, then the nearest SLA due time, then the "
+        "customer who has waited longest since writing; tickets without a due time or "
+        "without a waiting customer come after those with one"
+    ),
+    "relevance": (
+        "best full-text match first (only for queries with search words; subject matches "
+        "count double)"
+    ),
+}
+DEFAULT_ORDER = "updated"
+
+#: Stand-ins for NULL in the "next" order, so NULLs sort last and compare in row values.
+#: Rendered as SQL literals (never bound) so an expression index can match the ORDER BY:
+#: SQLite keeps datetimes as ISO text ("2026-11-23 09:00:00.000000"), PostgreSQL has
+#: 'infinity'.
+SQLITE_FAR_FUTURE = "'9999-12-31 23:59:59.999999'"
+PG_FAR_FUTURE = "'infinity'::timestamptz"
+
+
+class CursorError(ValueError):
+    """A cursor that is not one of ours (or belongs to another order)."""
+
+
+@dataclass(frozen=True)
+class TicketRow:
+    """What a ticket list shows, read in one SELECT (no ORM objects)."""
+
+    id: int
+    number: int
+    subject: str
+    status: str
+    priority: int
+    assignee_login: str | None
+    assignee_name: str | None
+    customer_name: str | None
+    customer_email: str | None
+    queue_name: str | None
+    updated_at: datetime
+    created_at: datetime
+    next_due_at: datetime | None
+    postponed_until: datetime | None
+    last_customer_at: datetime | None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass
+class Page:
+    """One page of a list; pass a cursor back as `after` / `before` to move."""
+
+    rows: list[TicketRow]
+    next_cursor: str | None
+    prev_cursor: str | None
+
+
+# --- orders -----------------------------------------------------------------------------
+
+
+def _far_future(dialect: str) -> ColumnElement[datetime]:
+    text = SQLITE_FAR_FUTURE if dialect == "sqlite" else PG_FAR_FUTURE
+    return literal_column(text, type_=UTCDateTime())
+
+
+@dataclass(frozen=True)
+class _Order:
+    """A keyset order: key expressions all sorted one way, and how to read/bind its key."""
+
+    name: str
+    descending: bool
+    #: Value types of the key, for cursor decoding: "int", "dt" or "dt?" (may be None).
+    types: tuple[str, ...]
+
+    def keys(self, dialect: str) -> list[ColumnElement[Any]]:
+        if self.name == "updated":
+            return [Ticket.updated_at.expression, Ticket.id.expression]
+        if self.name == "created":
+            return [Ticket.created_at.expression, Ticket.id.expression]
+        if self.name == "number":
+            return [Ticket.number.expression]
+        far = _far_future(dialect)
+        return [
+            -Ticket.priority,
+            func.coalesce(Ticket.next_due_at, far),
+            func.coalesce(Ticket.last_customer_at, far),
+            Ticket.id.expression,
+        ]
+
+    def values(self, row: Row[Any]) -> list[Any]:
+        m = row._mapping
+        if self.name == "updated":
+            return [m["updated_at"], m["id"]]
+        if self.name == "created":
+            return [m["created_at"], m["id"]]
+        if self.name == "number":
+            return [m["number"]]
+        return [m["priority"], m["next_due_at"], m["last_customer_at"], m["id"]]
+
+    def binds(self, values: Sequence[Any], dialect: str) -> list[ColumnElement[Any]]:
+        out: list[ColumnElement[Any]] = []
+        for i, (kind, value) in enumerate(zip(self.types, values, strict=True)):
+            if self.name == "next" and i == 0:
+                out.append(literal(-int(value)))
+            elif kind == "int":
+                out.append(literal(int(value)))
+            elif value is None:
+                out.append(_far_future(dialect))
+            else:
+                out.append(literal(value, type_=UTCDateTime()))
+        return out
+
+
+_ORDERS: dict[str, _Order] = {
+    "updated": _Order("updated", True, ("dt", "int")),
+    "created": _Order("created", True, ("dt", "int")),
+    "number": _Order("number", False, ("int",)),
+    "next": _Order("next", False, ("int", "dt?", "dt?", "int")),
+}
+
+
+# --- cursors ----------------------------------------------------------------------------
+
+
+def _encode(payload: dict[str, Any]) -> str:
+    raw = json.dumps(payload, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode(cursor: str, order: str) -> dict[str, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        payload = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raise CursorError("not a list cursor") from exc
+    if not isinstance(payload, dict) or payload.get("o") != order:
+        raise CursorError(f"this cursor is not for the {order!r} order")
+    return payload
+
+
+def _key_cursor(order: _Order, values: Sequence[Any]) -> str:
+    key = [v.isoformat() if isinstance(v, datetime) else v for v in values]
+    return _encode({"o": order.name, "k": key})
+
+
+def _key_from_cursor(order: _Order, cursor: str) -> list[Any]:
+    key = _decode(cursor, order.name).get("k")
+    if not isinstance(key, list) or len(key) != len(order.types):
+        raise CursorError("malformed list cursor")
+    out: list[Any] = []
+    for kind, value in zip(order.types, key, strict=True):
+        if kind == "int":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise CursorError("malformed list cursor")
+            out.append(value)
+        elif value is None and kind == "dt?":
+            out.append(None)
+        else:
+            try:
+                moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+            except ValueError:
+                moment = None
+            if moment is None or moment.tzinfo is None:
+                raise CursorError("malformed list cursor")
+            out.append(moment)
+    return out
+
+
+def _offset_cursor(offset: int) -> str:
+    return _encode({"o": "relevance", "off": offset})
+
+
+def _offset_from_cursor(cursor: str) -> int:
+    offset = _decode(cursor, "relevance").get("off")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise CursorError("malformed list cursor")
+    return offset
+
+
+# --- queries ----------------------------------------------------------------------------
+
+
+def _base(where: ColumnElement[bool]) -> _AnySelect:
+    return (
+        select(
+            Ticket.id,
+            Ticket.number,
+            Ticket.subject,
+            Ticket.status,
+            Ticket.priority,
+            Agent.login.label("assignee_login"),
+            Agent.name.label("assignee_name"),
+            Customer.name.label("customer_name"),
+            Customer.email.label("customer_email"),
+            Queue.name.label("queue_name"),
+            Ticket.updated_at,
+            Ticket.created_at,
+            Ticket.next_due_at,
+            Ticket.postponed_until,
+            Ticket.last_customer_at,
+        )
+        .select_from(Ticket)
+        .outerjoin(Agent, Agent.id == Ticket.assignee_id)
+        .outerjoin(Customer, Customer.id == Ticket.customer_id)
+        .outerjoin(Queue, Queue.id == Ticket.queue_id)
+        .where(where)
+    )
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
+def _keyset_select(
+    where: ColumnElement[bool],
+    order: _Order,
+    dialect: str,
+    *,
+    cursor_key: Sequence[Any] | None,
+    backward: bool,
+    limit: int,
+) -> _AnySelect:
+    keys = order.keys(dialect)
+    # Walking forward in a descending order (or backward in an ascending one) goes down.
+    downward = order.descending != backward
+    stmt = _base(where)
+    if cursor_key is not None:
+        lhs = tuple_(*keys) if len(keys) > 1 else keys[0]
+        binds = order.binds(cursor_key, dialect)
+        rhs = tuple_(*binds) if len(binds) > 1 else binds[0]
+        stmt = stmt.where(lhs < rhs if downward else lhs > rhs)
+    return stmt.order_by(*[k.desc() if downward else k.asc() for k in keys]).limit(limit)
+
+
+async def _rows(session: AsyncSession, stmt: _AnySelect) -> list[Row[Any]]:
+    return list((await session.execute(stmt)).all())
+
+
+async def _with_tags(session: AsyncSession, rows: Sequence[Row[Any]]) -> list[TicketRow]:
+    tags: dict[int, list[str]] = {}
+    if rows:
+        tag_rows = await session.execute(
+            select(TicketTag.ticket_id, Tag.name)
+            .join(Tag, Tag.id == TicketTag.tag_id)
+            .where(TicketTag.ticket_id.in_([r.id for r in rows]))
+            .order_by(Tag.name)
+        )
+        for ticket_id, name in tag_rows:
+            tags.setdefault(ticket_id, []).append(name)
+    return [TicketRow(**r._mapping, tags=tuple(tags.get(r.id, ()))) for r in rows]
+
+
+def _check(limit: int, after: str | None, before: str | None, order: str) -> None:
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    if after is not None and before is not None:
+        raise ValueError("give after or before, not both")
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}; one of: {', '.join(ORDERS)}")
+
+
+async def list_page(
+    session: AsyncSession,
+    where: ColumnElement[bool],
+    *,
+    order: str = DEFAULT_ORDER,
+    after: str | None = None,
+    before: str | None = None,
+    limit: int = 50,
+    rank: Subquery | None = None,
+) -> Page:
+    """One page of tickets matching `where`, in `order`.
+
+    No cursor: the first page. `after`: the page following a page's `next_cursor`.
+    `before`: the page preceding a page's `prev_cursor`; when fewer than `limit` rows
+    precede it, the first page is returned instead (so a page is always full when it
+    can be). ``order="relevance"`` needs `rank` (`store.query.rank_subquery`).
+    `prev_cursor` is None only on the first page; `next_cursor` None on the last.
+    """
+    _check(limit, after, before, order)
+    if order == "relevance":
+        return await _relevance_page(session, where, rank, after, before, limit)
+    spec = _ORDERS[order]
+    dialect = _dialect(session)
+    if before is not None:
+        before_key = _key_from_cursor(spec, before)
+        stmt = _keyset_select(
+            where, spec, dialect, cursor_key=before_key, backward=True, limit=limit + 1
+        )
+        rows = await _rows(session, stmt)
+        if len(rows) <= limit:
+            return await list_page(session, where, order=order, limit=limit)
+        rows = rows[:limit][::-1]
+        return Page(
+            await _with_tags(session, rows),
+            _key_cursor(spec, spec.values(rows[-1])),
+            _key_cursor(spec, spec.values(rows[0])),
+        )
+    key = _key_from_cursor(spec, after) if after is not None else None
+    stmt = _keyset_select(where, spec, dialect, cursor_key=key, backward=False, limit=limit + 1)
+    rows = await _rows(session, stmt)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(
+        await _with_tags(session, rows),
+        _key_cursor(spec, spec.values(rows[-1])) if more else None,
+        _key_cursor(spec, spec.values(rows[0])) if key is not None and rows else None,
+    )
+
+
+async def last_page(
+    session: AsyncSession,
+    where: ColumnElement[bool],
+    *,
+    order: str = DEFAULT_ORDER,
+    limit: int = 50,
+    rank: Subquery | None = None,
+) -> Page:
+    """The final page (the console's ``G``): the order reversed, `limit` rows, reversed back."""
+    _check(limit, None, None, order)
+    if order == "relevance":
+        total = await count(session, where)
+        return await _relevance_page(
+            session, where, rank, _offset_cursor(max(0, total - limit)), None, limit
+        )
+    spec = _ORDERS[order]
+    stmt = _keyset_select(
+        where, spec, _dialect(session), cursor_key=None, backward=True, limit=limit + 1
+    )
+    rows = await _rows(session, stmt)
+    more = len(rows) > limit
+    rows = rows[:limit][::-1]
+    return Page(
+        await _with_tags(session, rows),
+        None,
+        _key_cursor(spec, spec.values(rows[0])) if more else None,
+    )
+
+
+async def _relevance_page(
+    session: AsyncSession,
+    where: ColumnElement[bool],
+    rank: Subquery | None,
+    after: str | None,
+    before: str | None,
+    limit: int,
+) -> Page:
+    if rank is None:
+        raise ValueError("the relevance order needs search words (rank_subquery gave None)")
+    if before is not None:
+        start = max(0, _offset_from_cursor(before) - limit)
+    elif after is not None:
+        start = _offset_from_cursor(after)
+    else:
+        start = 0
+    stmt = (
+        _base(where)
+        .join(rank, rank.c.ticket_id == Ticket.id)
+        .order_by(rank.c.score.desc(), Ticket.id.desc())
+        .offset(start)
+        .limit(limit + 1)
+    )
+    rows = await _rows(session, stmt)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(
+        await _with_tags(session, rows),
+        _offset_cursor(start + len(rows)) if more else None,
+        _offset_cursor(start) if start > 0 else None,
+    )
+
+
+async def count(session: AsyncSession, where: ColumnElement[bool]) -> int:
+    """How many tickets match `where`."""
+    result = await session.execute(select(func.count()).select_from(Ticket).where(where))
+    return int(result.scalar_one())
