@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from store.config import Config, ConfigError, load_config, normalise_db_url, write_user_config
 from store.engine import Database, StoreError, share_sqlite_store, sqlite_path
@@ -32,8 +33,28 @@ EXIT_CONFLICT = 4
 EXIT_INVALID = 5
 EXIT_DATABASE = 6
 
+
+class SafeGroup(TyperGroup):
+    """Bad input found outside the store (a file, a number, a status name) is one line, not a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        import sqlite3
+
+        try:
+            return super().invoke(ctx)
+        except ValueError as exc:
+            fail(str(exc), EXIT_INVALID)
+        except sqlite3.Error as exc:
+            fail(str(exc), EXIT_DATABASE)
+        except OSError as exc:
+            fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), EXIT_ERROR)
+
+
 app = typer.Typer(
-    help="A keyboard-first helpdesk in the terminal.", no_args_is_help=False, add_completion=False
+    help="A keyboard-first helpdesk in the terminal.",
+    no_args_is_help=False,
+    add_completion=False,
+    cls=SafeGroup,
 )
 db_app = typer.Typer(help="Schema and database maintenance.", no_args_is_help=True)
 agent_app = typer.Typer(help="Support agents (login = Unix user).", no_args_is_help=True)
@@ -68,7 +89,7 @@ for sub, name in [
     app.add_typer(sub, name=name)
 
 out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DbOpt = Annotated[
     str | None,
@@ -86,7 +107,7 @@ AsOpt = Annotated[
     str | None, typer.Option("--as", help="Act as this agent login (default: the Unix user).")
 ]
 
-_state: dict[str, Any] = {"db": None}
+_state: dict[str, Any] = {"db": None, "as": None}
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
@@ -167,7 +188,7 @@ def _display_url(url: str) -> str:
 
 
 def me_login(as_: str | None) -> str:
-    return as_ or os.environ.get("HELPDESK_AGENT") or getpass.getuser()
+    return as_ or _state.get("as") or os.environ.get("HELPDESK_AGENT") or getpass.getuser()
 
 
 async def actor_for(service: Service, login: str) -> Actor:
@@ -243,6 +264,7 @@ def root(
 ) -> None:
     """Without a command, opens the agent console."""
     _state["db"] = db
+    _state["as"] = as_
     if ctx.invoked_subcommand is None:
         tui(db=db, as_=as_)
 
@@ -348,6 +370,11 @@ def db_check(db: DbOpt = None, json_: JsonOpt = False) -> None:
     """Check the connection and that the schema is current (exit 6 if not)."""
     from store.migrate import current_revision, head_revision
 
+    cfg = config_for(db)
+    path = sqlite_path(cfg.db_url)
+    if path is not None and not path.exists():
+        fail(f"no store at {path}; create one with `helpdesk init --db {path}`", EXIT_DATABASE)
+
     async def body(service: Service) -> dict[str, Any]:
         rev = await current_revision(service.db)
         return {
@@ -368,6 +395,8 @@ def db_check(db: DbOpt = None, json_: JsonOpt = False) -> None:
                 f"expected {info['head']}"
             )
         )
+    if info["revision"] is None:
+        fail("the store has no schema; run `helpdesk init`", EXIT_DATABASE)
     if not info["ok"]:
         fail("the schema is not current; run `helpdesk db upgrade`", EXIT_DATABASE)
 
@@ -858,8 +887,17 @@ def ticket_update(
                 t = await service.update_ticket(actor, n, expected_version=if_version, **kwargs)
                 results.append((n, None, t))
             except (StoreError, ValueError) as exc:
-                results.append((n, str(exc), None))
+                codes[n] = (
+                    EXIT_CONFLICT
+                    if isinstance(exc, ConflictError)
+                    else EXIT_NOT_FOUND
+                    if isinstance(exc, NotFoundError)
+                    else EXIT_INVALID
+                )
+                results.append((n, str(exc).removeprefix(f"#{n}: "), None))
         return results
+
+    codes: dict[int, int] = {}
 
     results = run(db, body)
     failed = [(n, e) for n, e, _ in results if e]
@@ -870,17 +908,10 @@ def ticket_update(
             if e is None:
                 out.print(Text(f"#{n} updated (status {t.status}, version {t.version})"))
         for n, e in failed:
-            err.print(Text(f"#{n} failed: {e}", style="red"))
+            err.print(Text(f"helpdesk: #{n} failed: {e}", style="red"))
     if failed:
-        codes = {
-            EXIT_CONFLICT
-            if "changed by someone else" in (e or "")
-            else EXIT_NOT_FOUND
-            if (e or "").startswith("no ticket")
-            else EXIT_INVALID
-            for _, e in failed
-        }
-        raise typer.Exit(codes.pop() if len(codes) == 1 else EXIT_ERROR)
+        kinds = set(codes.values())
+        raise typer.Exit(kinds.pop() if len(kinds) == 1 else EXIT_ERROR)
 
 
 def _read_body(body: str | None, body_file: Path | None) -> str:
