@@ -282,7 +282,7 @@ async def seed_demo(
                 }
             )
         for i in range(0, len(cust_rows), batch):
-            await s.execute(insert(Customer), cust_rows[i : i + batch])
+            await s.execute(insert(Customer.__table__), cust_rows[i : i + batch])
         number0 = int(
             (await s.execute(text("SELECT value FROM counters WHERE name = 'ticket'"))).scalar_one()
         )
@@ -391,10 +391,10 @@ async def seed_demo(
             if rnd.random() < 0.3:
                 tag_rows.append({"ticket_id": tid, "tag_id": rnd.choice(tag_ids)})
         async with service.db.write() as s:
-            await s.execute(insert(Ticket), t_rows)
-            await s.execute(insert(Article), a_rows)
+            await s.execute(insert(Ticket.__table__), t_rows)
+            await s.execute(insert(Article.__table__), a_rows)
             if tag_rows:
-                await s.execute(insert(TicketTag), tag_rows)
+                await s.execute(insert(TicketTag.__table__), tag_rows)
             if sqlite:
                 await s.execute(
                     text("INSERT INTO ticket_fts(rowid, subject) VALUES (:id, :subject)"), fts_t
