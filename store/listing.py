@@ -235,7 +235,32 @@ def _offset_from_cursor(cursor: str) -> int:
 # --- queries ----------------------------------------------------------------------------
 
 
-def _base(where: ColumnElement[bool]) -> _AnySelect:
+TAG_SEPARATOR = "\x1f"
+
+
+def _tags_column(dialect: str) -> ColumnElement[str | None]:
+    """The ticket's tag names in one string (a correlated aggregate, run per page row)."""
+    agg = (
+        func.group_concat(Tag.name, TAG_SEPARATOR)
+        if dialect == "sqlite"
+        else func.string_agg(Tag.name, TAG_SEPARATOR)
+    )
+    return (
+        select(agg)
+        .select_from(TicketTag)
+        .join(Tag, Tag.id == TicketTag.tag_id)
+        .where(TicketTag.ticket_id == Ticket.id)
+        .scalar_subquery()
+        .label("tags")
+    )
+
+
+def _page_rows(page: Subquery, dialect: str) -> _AnySelect:
+    """The displayed columns for the tickets in `page` (a subquery of ``page_id``s).
+
+    Filtering, sorting and LIMIT happen in `page` on ``tickets`` alone (often from an
+    index, without touching the table); only the page's rows are then joined.
+    """
     return (
         select(
             Ticket.id,
@@ -253,12 +278,13 @@ def _base(where: ColumnElement[bool]) -> _AnySelect:
             Ticket.next_due_at,
             Ticket.postponed_until,
             Ticket.last_customer_at,
+            _tags_column(dialect),
         )
-        .select_from(Ticket)
+        .select_from(page)
+        .join(Ticket, Ticket.id == page.c.page_id)
         .outerjoin(Agent, Agent.id == Ticket.assignee_id)
         .outerjoin(Customer, Customer.id == Ticket.customer_id)
         .outerjoin(Queue, Queue.id == Ticket.queue_id)
-        .where(where)
     )
 
 
@@ -278,31 +304,36 @@ def _keyset_select(
     keys = order.keys(dialect)
     # Walking forward in a descending order (or backward in an ascending one) goes down.
     downward = order.descending != backward
-    stmt = _base(where)
+    page = select(Ticket.id.label("page_id")).where(where)
     if cursor_key is not None:
-        lhs = tuple_(*keys) if len(keys) > 1 else keys[0]
         binds = order.binds(cursor_key, dialect)
-        rhs = tuple_(*binds) if len(binds) > 1 else binds[0]
-        stmt = stmt.where(lhs < rhs if downward else lhs > rhs)
-    return stmt.order_by(*[k.desc() if downward else k.asc() for k in keys]).limit(limit)
+        if len(keys) == 1:
+            page = page.where(keys[0] < binds[0] if downward else keys[0] > binds[0])
+        else:
+            lhs, rhs = tuple_(*keys), tuple_(*binds)
+            page = page.where(lhs < rhs if downward else lhs > rhs)
+            # Redundant, but SQLite only seeks an index by a row value's first item when
+            # it is a plain column: this bound lets it seek on an expression (-priority).
+            page = page.where(keys[0] <= binds[0] if downward else keys[0] >= binds[0])
+    ordering = [k.desc() if downward else k.asc() for k in keys]
+    inner = page.order_by(*ordering).limit(limit).subquery("page")
+    return _page_rows(inner, dialect).order_by(*ordering)
 
 
 async def _rows(session: AsyncSession, stmt: _AnySelect) -> list[Row[Any]]:
     return list((await session.execute(stmt)).all())
 
 
-async def _with_tags(session: AsyncSession, rows: Sequence[Row[Any]]) -> list[TicketRow]:
-    tags: dict[int, list[str]] = {}
-    if rows:
-        tag_rows = await session.execute(
-            select(TicketTag.ticket_id, Tag.name)
-            .join(Tag, Tag.id == TicketTag.tag_id)
-            .where(TicketTag.ticket_id.in_([r.id for r in rows]))
-            .order_by(Tag.name)
+def _ticket_rows(rows: Sequence[Row[Any]]) -> list[TicketRow]:
+    out = []
+    for r in rows:
+        fields = dict(r._mapping)
+        tags = fields.pop("tags", None)
+        fields.pop("score", None)
+        out.append(
+            TicketRow(**fields, tags=tuple(sorted(tags.split(TAG_SEPARATOR))) if tags else ())
         )
-        for ticket_id, name in tag_rows:
-            tags.setdefault(ticket_id, []).append(name)
-    return [TicketRow(**r._mapping, tags=tuple(tags.get(r.id, ()))) for r in rows]
+    return out
 
 
 def _check(limit: int, after: str | None, before: str | None, order: str) -> None:
@@ -347,7 +378,7 @@ async def list_page(
             return await list_page(session, where, order=order, limit=limit)
         rows = rows[:limit][::-1]
         return Page(
-            await _with_tags(session, rows),
+            _ticket_rows(rows),
             _key_cursor(spec, spec.values(rows[-1])),
             _key_cursor(spec, spec.values(rows[0])),
         )
@@ -357,7 +388,7 @@ async def list_page(
     more = len(rows) > limit
     rows = rows[:limit]
     return Page(
-        await _with_tags(session, rows),
+        _ticket_rows(rows),
         _key_cursor(spec, spec.values(rows[-1])) if more else None,
         _key_cursor(spec, spec.values(rows[0])) if key is not None and rows else None,
     )
@@ -386,7 +417,7 @@ async def last_page(
     more = len(rows) > limit
     rows = rows[:limit][::-1]
     return Page(
-        await _with_tags(session, rows),
+        _ticket_rows(rows),
         None,
         _key_cursor(spec, spec.values(rows[0])) if more else None,
     )
@@ -408,24 +439,33 @@ async def _relevance_page(
         start = _offset_from_cursor(after)
     else:
         start = 0
-    stmt = (
-        _base(where)
+    page = (
+        select(Ticket.id.label("page_id"), rank.c.score)
         .join(rank, rank.c.ticket_id == Ticket.id)
+        .where(where)
         .order_by(rank.c.score.desc(), Ticket.id.desc())
         .offset(start)
         .limit(limit + 1)
+        .subquery("page")
     )
+    stmt = _page_rows(page, _dialect(session)).order_by(page.c.score.desc(), Ticket.id.desc())
     rows = await _rows(session, stmt)
     more = len(rows) > limit
     rows = rows[:limit]
     return Page(
-        await _with_tags(session, rows),
+        _ticket_rows(rows),
         _offset_cursor(start + len(rows)) if more else None,
         _offset_cursor(start) if start > 0 else None,
     )
 
 
-async def count(session: AsyncSession, where: ColumnElement[bool]) -> int:
-    """How many tickets match `where`."""
-    result = await session.execute(select(func.count()).select_from(Ticket).where(where))
-    return int(result.scalar_one())
+async def count(
+    session: AsyncSession, where: ColumnElement[bool], *, limit: int | None = None
+) -> int:
+    """How many tickets match `where`; with `limit`, counting stops there (show "1000+")."""
+    if limit is None:
+        stmt = select(func.count()).select_from(Ticket).where(where)
+    else:
+        matching = select(Ticket.id).where(where).limit(limit).subquery()
+        stmt = select(func.count()).select_from(matching)
+    return int((await session.execute(stmt)).scalar_one())
