@@ -24,9 +24,7 @@ CHANNEL = "helpdesk_events"
 GAP_TTL = 60.0
 #: Wider holes are not tracked (pruned history, not a transaction in flight).
 MAX_GAP = 1000
-_EVENTS_SQL = (
-    "SELECT id, ticket_id, kind, actor FROM events WHERE id > {last}{gaps} ORDER BY id LIMIT {limit}"
-)
+_EVENTS_SQL = "SELECT id, ticket_id, kind, actor FROM events WHERE id > {last}{gaps} ORDER BY id LIMIT {limit}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The agent console: a keyboard-first Textual app over the helpdesk store."""

@@ -1,0 +1,1 @@
+"""One module per screen: queue, ticket, help, and small dialogs."""

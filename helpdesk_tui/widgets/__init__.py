@@ -1,0 +1,1 @@
+"""Reusable widgets: the virtual ticket list, the query bar, the views sidebar."""
