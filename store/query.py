@@ -194,6 +194,12 @@ KEYS: tuple[KeySpec, ...] = (
     KeySpec("tier", "the organization's tier", "tier:vip"),
     KeySpec("lang", "the ticket's language code", "lang:de", aliases=("language",)),
     KeySpec("channel", "how the ticket came in (email, phone...)", "channel:phone"),
+    KeySpec(
+        "sla",
+        "SLA state: breached, warning (under 20% left), paused, running, none, due<2h",
+        "sla:warning",
+        values=("breached", "warning", "paused", "running", "none", "due<2h"),
+    ),
     KeySpec("type", "ticket type", "type:incident"),
     KeySpec(
         "number",
@@ -957,6 +963,15 @@ def _term_condition(term: Term, ctx: QueryContext) -> ColumnElement[bool] | None
     key, value = term.key, term.value
     if key == "text":
         return _text_condition(term, ctx)
+    if key == "sla":
+        from store.sla_models import sla_condition
+
+        try:
+            return sla_condition(value, ctx.now)
+        except ValueError as exc:
+            raise QueryError(
+                f"{exc} at column {term.value_position}", term.value_position
+            ) from None
     if key == "status":
         if value == "active":
             return _is_condition("active", ctx)

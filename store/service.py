@@ -828,7 +828,9 @@ class Service:
         if session is None:
             async with self.db.write() as s:
                 result = await self.add_customer_message(actor, number, data, session=s)
-            await self._after_commit("created" if result[2] else "customer_replied", result[0].number, actor)
+            event = "created" if result[2] else "customer_replied"
+            if await self._after_commit(event, result[0].number, actor):
+                result = (await self.get_ticket(result[0].number), result[1], result[2])
             return result
         t = await self._ticket_for_update(session, number)
         if t.status == Status.MERGED.value and t.merged_into_id is not None:
