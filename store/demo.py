@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import Table, func, insert, select, text
 
 from store.models import (
     Agent,
@@ -22,6 +23,12 @@ from store.models import (
 from store.service import Service
 
 Progress = Callable[[int, int], None]
+
+
+def _table(model: type[Any]) -> Table:
+    """The Core table of a model: plain executemany, not the ORM bulk path (much faster here)."""
+    return cast(Table, model.__table__)
+
 
 QUEUES = [
     ("Support", ["support@example.com"]),
@@ -282,7 +289,7 @@ async def seed_demo(
                 }
             )
         for i in range(0, len(cust_rows), batch):
-            await s.execute(insert(Customer.__table__), cust_rows[i : i + batch])
+            await s.execute(insert(_table(Customer)), cust_rows[i : i + batch])
         number0 = int(
             (await s.execute(text("SELECT value FROM counters WHERE name = 'ticket'"))).scalar_one()
         )
@@ -391,10 +398,10 @@ async def seed_demo(
             if rnd.random() < 0.3:
                 tag_rows.append({"ticket_id": tid, "tag_id": rnd.choice(tag_ids)})
         async with service.db.write() as s:
-            await s.execute(insert(Ticket.__table__), t_rows)
-            await s.execute(insert(Article.__table__), a_rows)
+            await s.execute(insert(_table(Ticket)), t_rows)
+            await s.execute(insert(_table(Article)), a_rows)
             if tag_rows:
-                await s.execute(insert(TicketTag.__table__), tag_rows)
+                await s.execute(insert(_table(TicketTag)), tag_rows)
             if sqlite:
                 await s.execute(
                     text("INSERT INTO ticket_fts(rowid, subject) VALUES (:id, :subject)"), fts_t
