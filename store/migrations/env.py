@@ -7,9 +7,9 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from store.engine import make_engine
 import store.rules_models  # noqa: F401 - registers the rules tables on Base.metadata
 import store.sla_models  # noqa: F401 - registers the SLA tables on Base.metadata
+from store.engine import make_engine
 from store.models import Base
 
 config = context.config
