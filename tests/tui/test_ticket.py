@@ -161,13 +161,14 @@ async def test_long_thread_opens_fast_and_scrolls_with_vim_keys(
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: type(app.screen).__name__ == "QueueScreen")
         screen = TicketScreen(number)
-        began = time.perf_counter()
+        # CPU time of this process: other jobs on a busy test machine do not count against it.
+        began = time.process_time()
         await app.push_screen(screen)
         await until(pilot, lambda: screen.loaded.is_set())
         await pilot.pause()
-        elapsed = time.perf_counter() - began
+        elapsed = time.process_time() - began
         assert len(screen.query(ArticleView)) >= 50
-        assert elapsed < 2.0, f"opening a 50-article ticket took {elapsed:.2f}s"
+        assert elapsed < 1.5, f"opening a 50-article ticket took {elapsed:.2f}s of CPU"
         thread = screen.query_one(ThreadView)
         assert thread.has_focus
         await pilot.press("g")
