@@ -1,0 +1,1046 @@
+"""Raw mail -> tickets in one transaction: dedupe, quarantine, bounces, loops, threading, queue.
+
+The same pipeline serves IMAP sync, `helpdesk import` and quarantine retries. A batch of mails
+is ingested in ONE write transaction (the sync engine adds its folder state to it), each mail
+inside its own SAVEPOINT: a mail that fails for any reason of its own is rolled back alone and
+quarantined with its raw bytes, and never blocks the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mail_sync import threading as mail_threading
+from mail_sync.parse import DEFAULT_LANGUAGES, ParsedMail, ParseError, ParseLimits, parse_mail
+from store.engine import StoreError
+from store.models import (
+    Article,
+    ArticleKind,
+    MailAccount,
+    MailSeen,
+    Quarantine,
+    Queue,
+    Setting,
+    Status,
+    Ticket,
+    TicketLink,
+)
+from store.service import MAIL, ArticleInput, AttachmentInput, NotFoundError, Service
+
+log = logging.getLogger("helpdesk.mail.ingest")
+
+MB = 1024 * 1024
+#: A message larger than this is ingested with its header only (and a note naming what was
+#: left out); the full message stays on the server.
+DEFAULT_MAX_MESSAGE_BYTES = 50 * MB
+#: Attachments larger than this are left out of the ticket (with a note naming them).
+DEFAULT_MAX_ATTACHMENT_BYTES = 25 * MB
+#: How many duplicate deliveries an article remembers (for `mail explain`).
+MAX_DUPLICATES_RECORDED = 20
+#: PostgreSQL: one transaction-level advisory lock serialises all mail ingestion, so two
+#: daemons (or a daemon and an import) cannot both miss each other's Message-ID.
+PG_INGEST_LOCK = (0x4D41494C, 0)  # "MAIL", 0
+
+
+@dataclass(frozen=True)
+class MailSource:
+    """Where a raw mail came from (IMAP folder+UID, an mbox entry, a file...)."""
+
+    kind: str
+    label: str
+    account_id: int | None = None
+    folder: str | None = None
+    uidvalidity: int | None = None
+    uid: int | None = None
+
+    @property
+    def seen_key(self) -> tuple[int, str, int, int] | None:
+        if (
+            self.account_id is None
+            or self.folder is None
+            or self.uidvalidity is None
+            or self.uid is None
+        ):
+            return None
+        return (self.account_id, self.folder, self.uidvalidity, self.uid)
+
+
+@dataclass
+class IncomingMail:
+    """A raw mail with its parse result (or the parse error)."""
+
+    raw: bytes
+    source: MailSource
+    parsed: ParsedMail | None = None
+    error: str | None = None
+    #: Set when the body was left out because of the message size limit.
+    omitted: str | None = None
+
+
+@dataclass
+class IngestResult:
+    """What happened to one mail."""
+
+    outcome: str  # created | threaded | duplicate | quarantined | seen
+    reason: str
+    ticket_number: int | None = None
+    article_id: int | None = None
+    quarantine_id: int | None = None
+    source: str = ""
+
+
+@dataclass
+class IngestSummary:
+    """Counts over many mails (the importer's and the engine's report)."""
+
+    created: int = 0
+    threaded: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    seen: int = 0
+    results: list[IngestResult] = field(default_factory=list)
+
+    def add(self, result: IngestResult, keep: bool = True) -> None:
+        if result.outcome == "created":
+            self.created += 1
+        elif result.outcome == "threaded":
+            self.threaded += 1
+        elif result.outcome == "duplicate":
+            self.duplicates += 1
+        elif result.outcome == "quarantined":
+            self.quarantined += 1
+        else:
+            self.seen += 1
+        if keep:
+            self.results.append(result)
+
+    @property
+    def total(self) -> int:
+        return self.created + self.threaded + self.duplicates + self.quarantined + self.seen
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "created": self.created,
+            "threaded": self.threaded,
+            "duplicates": self.duplicates,
+            "quarantined": self.quarantined,
+            "already_seen": self.seen,
+            "total": self.total,
+        }
+
+
+@dataclass
+class _Context:
+    """Per-transaction lookups shared by every mail of a batch."""
+
+    secret: bytes
+    tag_format: str
+    queue_by_address: dict[str, str]
+    queue_names: dict[int, str]
+    own_addresses: set[str]
+    domain: str
+
+
+def split_header(raw: bytes) -> bytes:
+    """The header block of a raw message (up to and including the blank line)."""
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        idx = raw.find(sep)
+        if idx >= 0:
+            return raw[: idx + len(sep)]
+    return raw[: 256 * 1024]
+
+
+def human_size(n: int) -> str:
+    if n >= MB:
+        return f"{n / MB:.1f} MB"
+    if n >= 1024:
+        return f"{n / 1024:.0f} kB"
+    return f"{n} bytes"
+
+
+def _fmt_addr(name: str, addr: str) -> str:
+    name = re.sub(r'[\\"<>,;\x00-\x1f\x7f]', "", name or "").strip()
+    return f'"{name}" <{addr}>' if name and addr else addr or name
+
+
+def _header(parsed: ParsedMail, name: str) -> str | None:
+    lname = name.lower()
+    for k, v in parsed.headers:
+        if k.lower() == lname:
+            return v
+    return None
+
+
+def auto_reason(parsed: ParsedMail, own: set[str]) -> tuple[str | None, bool]:
+    """Why this mail must never be answered automatically (None: it may be), and whether it is
+    "quiet" (an automatic mail that must not reopen a ticket: bounces, auto-replies, loops)."""
+    sender = (parsed.from_addr or "").lower()
+    if parsed.is_bounce:
+        return "delivery status notification (bounce)", True
+    if sender and sender in own:
+        return f"sender {sender} is one of our own addresses", True
+    auto_sub = _header(parsed, "Auto-Submitted")
+    if auto_sub is not None and auto_sub.split(";", 1)[0].strip().lower() != "no":
+        return f"Auto-Submitted: {auto_sub.strip()[:80]}", True
+    for h in ("X-Autoreply", "X-Autorespond", "X-Autogenerated", "X-Autoreply-From"):
+        v = _header(parsed, h)
+        if v is not None and v.strip().lower() not in ("no", "false", "0"):
+            return f"{h}: {v.strip()[:80]}", True
+    prec = (_header(parsed, "Precedence") or "").split(";", 1)[0].strip().lower()
+    if prec in ("bulk", "junk", "list", "auto_reply"):
+        return f"Precedence: {prec}", prec == "auto_reply"
+    list_id = _header(parsed, "List-Id")
+    if list_id is not None:
+        return f"List-Id: {list_id.strip()[:80]}", False
+    if _header(parsed, "List-Unsubscribe") is not None:
+        return "List-Unsubscribe header (bulk mail)", False
+    suppress = _header(parsed, "X-Auto-Response-Suppress")
+    if suppress is not None:
+        return f"X-Auto-Response-Suppress: {suppress.strip()[:80]}", False
+    if parsed.return_path == "":
+        return "empty Return-Path (<>): automatic mail", False
+    if parsed.auto_submitted or parsed.is_bulk_or_list:
+        return "automatic mail (auto-reply markers)", True
+    return None, False
+
+
+def _body_of(parsed: ParsedMail) -> tuple[str, str]:
+    """(the article body, its folded quote): the new text, or all of it when nothing is new."""
+    if parsed.new_text.strip():
+        return parsed.new_text, parsed.quoted_text
+    return parsed.text, ""
+
+
+def _is_db_failure(exc: BaseException) -> bool:
+    """Errors that are the database's fault, not the mail's: never quarantine for these."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+class Ingestor:
+    """Turns raw mail into tickets through the service layer."""
+
+    def __init__(
+        self,
+        service: Service,
+        *,
+        languages: Sequence[str] = DEFAULT_LANGUAGES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_attachment_bytes: int = DEFAULT_MAX_ATTACHMENT_BYTES,
+        default_queue: str | None = None,
+        own_addresses: Sequence[str] = (),
+        parse_time_limit: float | None = 10.0,
+    ) -> None:
+        self.service = service
+        self.db = service.db
+        self.languages = tuple(languages)
+        self.max_message_bytes = max_message_bytes
+        self.default_queue = default_queue
+        self.extra_own = {a.strip().lower() for a in own_addresses if a and "@" in a}
+        self.limits = ParseLimits(
+            max_attachment_bytes=max_attachment_bytes,
+            time_limit_s=parse_time_limit,
+            max_message_bytes=None,
+        )
+
+    # ------------------------------------------------------------------ parsing (no DB)
+    def prepare(
+        self, raw: bytes, source: MailSource, *, omitted: str | None = None
+    ) -> IncomingMail:
+        """Parse a raw mail (CPU only: call it outside the transaction, e.g. in a thread).
+
+        Over the size limit only the header is kept. A parse failure is recorded, not raised.
+        """
+        raw = bytes(raw)
+        if omitted is None and len(raw) > self.max_message_bytes:
+            omitted = (
+                f"the message is {human_size(len(raw))}, over the "
+                f"{human_size(self.max_message_bytes)} limit: only its header was kept"
+            )
+            raw = split_header(raw)
+        item = IncomingMail(raw=raw, source=source, omitted=omitted)
+        try:
+            item.parsed = parse_mail(raw, limits=self.limits, languages=self.languages)
+        except ParseError as exc:
+            item.error = f"parse error: {exc}"
+        except RecursionError:
+            item.error = "parse error: MIME structure too deeply nested"
+        except Exception as exc:  # noqa: BLE001 - a parser bug must not lose the mail
+            item.error = f"parser crashed: {type(exc).__name__}: {exc}"
+        return item
+
+    # ------------------------------------------------------------------ transactions
+    async def ingest_batch(
+        self,
+        items: Sequence[IncomingMail],
+        *,
+        before_commit: Callable[[AsyncSession, list[IngestResult]], Awaitable[None]] | None = None,
+        max_seconds: float | None = None,
+    ) -> list[IngestResult]:
+        """Ingest mails in one write transaction; `before_commit` adds to the same transaction.
+
+        With `max_seconds`, the transaction commits once that much time has passed (after at
+        least one mail): the result list is then shorter than `items` and the caller goes on
+        with the rest in a new transaction. Results are in the order of `items`.
+        """
+        async with self.db.write() as session:
+            await self.lock(session)
+            ctx = await self._context(session)
+            started = time.monotonic()
+            results: list[IngestResult] = []
+            for item in items:
+                results.append(await self.ingest_one(session, ctx, item))
+                # Everything of this mail is flushed: detach it, or every later autoflush
+                # walks a growing identity map (a long batch would turn quadratic).
+                session.expunge_all()
+                if max_seconds is not None and time.monotonic() - started > max_seconds:
+                    break
+            if before_commit is not None:
+                await before_commit(session, results)
+        return results
+
+    async def lock(self, session: AsyncSession) -> None:
+        """Serialise ingestion across processes (SQLite's BEGIN IMMEDIATE already does)."""
+        if self.db.dialect == "postgresql":
+            await session.execute(select(func.pg_advisory_xact_lock(*PG_INGEST_LOCK)))
+
+    async def _context(self, session: AsyncSession) -> _Context:
+        secret = await mail_threading.mail_secret(session)
+        smtp = await session.get(Setting, "smtp")
+        smtp_cfg: dict[str, Any] = (
+            smtp.value if smtp is not None and isinstance(smtp.value, dict) else {}
+        )
+        tag_format = str(smtp_cfg.get("subject_tag") or mail_threading.DEFAULT_TAG_FORMAT)
+        own = set(self.extra_own)
+        from_address = str(smtp_cfg.get("from_address") or "")
+        if "@" in from_address:
+            own.add(from_address.lower())
+        by_address: dict[str, str] = {}
+        names: dict[int, str] = {}
+        for q in (await session.execute(select(Queue).order_by(Queue.id))).scalars():
+            names[q.id] = q.name
+            for addr in q.addresses or []:
+                a = addr.strip().lower()
+                if a:
+                    by_address.setdefault(a, q.name)
+                    own.add(a)
+        for username in (await session.execute(select(MailAccount.username))).scalars():
+            if "@" in username:
+                own.add(username.lower())
+        domain = from_address.rpartition("@")[2] if "@" in from_address else "helpdesk.invalid"
+        return _Context(secret, tag_format, by_address, names, own, domain)
+
+    # ------------------------------------------------------------------ one mail
+    async def ingest_one(
+        self, session: AsyncSession, ctx: _Context, item: IncomingMail
+    ) -> IngestResult:
+        """Ingest one mail inside the caller's transaction (in a SAVEPOINT of its own)."""
+        key = item.source.seen_key
+        if key is not None:
+            seen = await session.get(MailSeen, key)
+            if seen is not None:
+                return IngestResult(
+                    "seen",
+                    "this server message was ingested before",
+                    article_id=seen.article_id,
+                    quarantine_id=seen.quarantine_id,
+                    source=item.source.label,
+                )
+        if item.parsed is None:
+            return await self._quarantine(session, item, item.error or "unparseable")
+        try:
+            async with session.begin_nested():
+                result = await self._ingest_parsed(session, ctx, item, item.parsed)
+                if key is not None:
+                    session.add(
+                        MailSeen(
+                            account_id=key[0],
+                            folder=key[1],
+                            uidvalidity=key[2],
+                            uid=key[3],
+                            article_id=result.article_id,
+                        )
+                    )
+                    await session.flush()
+                return result
+        except Exception as exc:
+            if _is_db_failure(exc):
+                raise
+            log.warning(
+                "event=ingest-failed source=%r error=%s", item.source.label, type(exc).__name__
+            )
+            return await self._quarantine(
+                session, item, f"ingest failed: {type(exc).__name__}: {exc}"
+            )
+
+    async def _quarantine(
+        self, session: AsyncSession, item: IncomingMail, error: str
+    ) -> IngestResult:
+        src = item.source
+        if src.seen_key is None:
+            # A re-import of a mail already held is not held twice (IMAP has MailSeen for this).
+            held = (
+                await session.execute(
+                    select(Quarantine.id)
+                    .where(Quarantine.status == "held", Quarantine.raw == item.raw)
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+            if held is not None:
+                return IngestResult(
+                    "quarantined",
+                    f"already in quarantine as entry {held}: {error}",
+                    quarantine_id=held,
+                    source=src.label,
+                )
+        q = Quarantine(
+            account_id=src.account_id,
+            folder=src.folder,
+            uid=src.uid,
+            source=src.label[:500],
+            raw=item.raw,
+            error=error[:4000],
+            status="held",
+            created_at=self.service.clock(),
+        )
+        session.add(q)
+        await session.flush()
+        key = src.seen_key
+        if key is not None:
+            session.add(
+                MailSeen(
+                    account_id=key[0],
+                    folder=key[1],
+                    uidvalidity=key[2],
+                    uid=key[3],
+                    quarantine_id=q.id,
+                )
+            )
+            await session.flush()
+        log.warning("event=quarantined id=%d source=%r error=%r", q.id, src.label, error[:200])
+        return IngestResult("quarantined", error, quarantine_id=q.id, source=src.label)
+
+    async def _duplicate_of(
+        self, session: AsyncSession, parsed: ParsedMail
+    ) -> tuple[Article | None, str]:
+        """(the article this mail duplicates, why) or (None, a note on a Message-ID collision).
+
+        The same Message-ID is a duplicate when it is one of our own outgoing mails, or when
+        sender, subject and text agree (two deliveries differ only in trace headers). A reused
+        Message-ID with different content (broken mailers do this) is NOT dropped: the mail is
+        ingested and the collision noted.
+        """
+        if parsed.message_id:
+            candidates = (
+                (
+                    await session.execute(
+                        select(Article)
+                        .where(Article.message_id == parsed.message_id)
+                        .order_by(Article.id)
+                        .limit(20)
+                    )
+                )
+                .unique()
+                .scalars()
+                .all()
+            )
+            sender = _fmt_addr(parsed.from_name, parsed.from_addr)
+            body = _body_of(parsed)[0]
+            for art in candidates:
+                if art.kind == ArticleKind.EMAIL_OUT.value:
+                    return art, f"same Message-ID <{parsed.message_id}> as our own sent mail"
+                if art.content_hash == parsed.content_hash:
+                    return art, f"same Message-ID <{parsed.message_id}>, same bytes"
+                if (
+                    art.from_addr == sender
+                    and art.subject == parsed.subject
+                    and art.body_text.strip() == body.strip()
+                ):
+                    return art, f"same Message-ID <{parsed.message_id}>, same sender/subject/text"
+            if candidates:
+                ids = ", ".join(str(a.id) for a in candidates[:5])
+                return None, (
+                    f"Message-ID <{parsed.message_id}> is also on article(s) {ids} with different "
+                    "content: kept as a separate mail"
+                )
+            return None, ""
+        same = (
+            (
+                await session.execute(
+                    select(Article)
+                    .where(
+                        Article.content_hash == parsed.content_hash,
+                        Article.message_id.is_(None),
+                    )
+                    .order_by(Article.id)
+                    .limit(1)
+                )
+            )
+            .unique()
+            .scalar_one_or_none()
+        )
+        if same is not None:
+            return same, "no Message-ID; same content"
+        return None, ""
+
+    def _route(self, ctx: _Context, parsed: ParsedMail) -> tuple[str | None, str]:
+        candidates: list[tuple[str, str]] = [("To", a) for _, a in parsed.to]
+        candidates += [("Cc", a) for _, a in parsed.cc]
+        for h in ("Delivered-To", "X-Original-To", "Envelope-To"):
+            v = _header(parsed, h)
+            if v:
+                candidates.append((h, v.strip().strip("<>")))
+        for where, addr in candidates:
+            name = ctx.queue_by_address.get(addr.strip().lower())
+            if name:
+                return name, f"queue {name}: {where} {addr.strip().lower()}"
+        if self.default_queue:
+            return self.default_queue, f"queue {self.default_queue}: the account's queue"
+        return None, "no queue: no address matched and the source has none"
+
+    def _article_input(
+        self,
+        item: IncomingMail,
+        parsed: ParsedMail,
+        meta: dict[str, Any],
+        *,
+        subject: str | None = None,
+    ) -> ArticleInput:
+        body, quoted = _body_of(parsed)
+        return ArticleInput(
+            kind=ArticleKind.EMAIL_IN,
+            body=body,
+            from_addr=_fmt_addr(parsed.from_name, parsed.from_addr),
+            to_addrs=", ".join(_fmt_addr(n, a) for n, a in parsed.to),
+            cc_addrs=", ".join(_fmt_addr(n, a) for n, a in parsed.cc),
+            subject=subject if subject is not None else parsed.subject,
+            message_id=parsed.message_id,
+            in_reply_to=parsed.in_reply_to[0] if parsed.in_reply_to else None,
+            references=" ".join(f"<{r}>" for r in parsed.references) or None,
+            content_hash=parsed.content_hash,
+            quoted_text=quoted,
+            body_html=parsed.html,
+            language=parsed.language,
+            raw=item.raw,
+            attachments=[
+                AttachmentInput(
+                    filename=a.filename,
+                    data=a.data,
+                    mime_type=a.content_type,
+                    inline=a.inline,
+                    content_id=a.content_id,
+                )
+                for a in parsed.attachments
+            ],
+            meta=meta,
+        )
+
+    async def _ingest_parsed(
+        self, session: AsyncSession, ctx: _Context, item: IncomingMail, parsed: ParsedMail
+    ) -> IngestResult:
+        src = item.source
+        art, why = await self._duplicate_of(session, parsed)
+        collision = why if art is None else ""
+        if art is not None:
+            art_meta = dict(art.meta or {})
+            dups = list(art_meta.get("duplicates", []))
+            if len(dups) < MAX_DUPLICATES_RECORDED:
+                dups.append({"source": src.label, "why": why})
+                art_meta["duplicates"] = dups
+                art.meta = art_meta
+            number = (
+                await session.execute(select(Ticket.number).where(Ticket.id == art.ticket_id))
+            ).scalar_one()
+            return IngestResult(
+                "duplicate",
+                f"duplicate of article {art.id} on #{number} ({why})",
+                ticket_number=int(number),
+                article_id=art.id,
+                source=src.label,
+            )
+
+        auto, quiet = auto_reason(parsed, ctx.own_addresses)
+        meta: dict[str, Any] = {"source": src.label}
+        if collision:
+            meta["message_id_collision"] = collision
+        if auto:
+            meta["auto"] = True
+            meta["reason"] = auto
+        if parsed.warnings:
+            meta["warnings"] = parsed.warnings[:20]
+        left_out = list(parsed.truncated_parts)
+        if item.omitted:
+            left_out.insert(0, item.omitted)
+        if left_out:
+            meta["left_out"] = left_out[:50]
+
+        # Bounces go to the ticket of the message that bounced, without reopening it.
+        if parsed.is_bounce:
+            target = await self._bounce_target(session, ctx, parsed)
+            if target is not None:
+                number, why = target
+                meta["threading"] = why
+                ticket, article = await self._attach_quietly(
+                    session, number, self._article_input(item, parsed, meta), "bounce"
+                )
+                await self._left_out_note(session, ticket, parsed, left_out)
+                return IngestResult(
+                    "threaded",
+                    why,
+                    ticket_number=ticket.number,
+                    article_id=article.id,
+                    source=src.label,
+                )
+
+        decision = await mail_threading.decide(
+            session,
+            sender=parsed.from_addr,
+            subject=parsed.subject,
+            in_reply_to=parsed.in_reply_to,
+            references=parsed.references,
+            secret=ctx.secret,
+            tag_format=ctx.tag_format,
+        )
+        reason = decision.reason
+        if parsed.is_bounce:
+            reason = "bounce whose original message is unknown; " + reason
+
+        if decision.action == "reply" and decision.ticket_number is not None:
+            if quiet:
+                meta["threading"] = reason + f"; automatic mail ({auto}): status kept"
+                ticket, article = await self._attach_quietly(
+                    session,
+                    decision.ticket_number,
+                    self._article_input(item, parsed, meta),
+                    "automatic mail",
+                )
+                await self._left_out_note(session, ticket, parsed, left_out)
+                return IngestResult(
+                    "threaded",
+                    meta["threading"],
+                    ticket_number=ticket.number,
+                    article_id=article.id,
+                    source=src.label,
+                )
+            meta["threading"] = reason
+            data = self._article_input(item, parsed, meta)
+            ticket, article, created_new = await self.service.add_customer_message(
+                MAIL, decision.ticket_number, data, session=session
+            )
+            if created_new:
+                why = f"{reason}; #{decision.ticket_number} is closed: follow-up #{ticket.number} opened"
+                article.meta = {**article.meta, "threading": why}
+                await self._left_out_note(session, ticket, parsed, left_out)
+                await self._acknowledge(session, ctx, ticket, parsed, article, auto)
+                return IngestResult(
+                    "created",
+                    why,
+                    ticket_number=ticket.number,
+                    article_id=article.id,
+                    source=src.label,
+                )
+            if ticket.number != decision.ticket_number:
+                why = f"{reason}; #{decision.ticket_number} was merged into #{ticket.number}"
+                article.meta = {**article.meta, "threading": why}
+                reason = why
+            await self._left_out_note(session, ticket, parsed, left_out)
+            return IngestResult(
+                "threaded",
+                reason,
+                ticket_number=ticket.number,
+                article_id=article.id,
+                source=src.label,
+            )
+
+        queue, queue_reason = self._route(ctx, parsed)
+        meta["threading"] = reason
+        meta["queue"] = queue_reason
+        subject = parsed.subject
+        linked_from = None
+        if decision.action == "linked" and decision.ticket_number is not None:
+            linked_from = decision.ticket_number
+            # The new ticket must not carry the other ticket's tag (replies would go there).
+            subject = mail_threading.tag_pattern(ctx.tag_format).sub("", subject).strip()
+        ticket = await self.service.create_ticket(
+            MAIL,
+            subject=subject or "(no subject)",
+            customer_email=parsed.from_addr,
+            customer_name=parsed.from_name,
+            article=self._article_input(item, parsed, meta, subject=parsed.subject),
+            queue=queue,
+            language=parsed.language,
+            linked_from=linked_from,
+            session=session,
+        )
+        article = (
+            (
+                await session.execute(
+                    select(Article)
+                    .where(Article.ticket_id == ticket.id)
+                    .order_by(Article.id)
+                    .limit(1)
+                )
+            )
+            .unique()
+            .scalar_one()
+        )
+        await self._left_out_note(session, ticket, parsed, left_out)
+        await self._acknowledge(session, ctx, ticket, parsed, article, auto)
+        return IngestResult(
+            "created", reason, ticket_number=ticket.number, article_id=article.id, source=src.label
+        )
+
+    async def _bounce_target(
+        self, session: AsyncSession, ctx: _Context, parsed: ParsedMail
+    ) -> tuple[int, str] | None:
+        ids = [parsed.bounce_original_message_id] if parsed.bounce_original_message_id else []
+        ids += [i for i in parsed.in_reply_to + list(reversed(parsed.references)) if i not in ids]
+        found = await mail_threading.ticket_of_message_ids(session, ids)
+        if found is not None:
+            mid, ticket = found
+            return (
+                ticket.number,
+                f"bounce of <{mid}>, a message of ticket #{ticket.number}; status kept",
+            )
+        for mid in ids:
+            number = mail_threading.verify_message_id(mid, ctx.secret)
+            if number is not None and await mail_threading.ticket_by_number(session, number):
+                return (
+                    number,
+                    f"bounce of our message <{mid}> (HMAC verified) for #{number}; status kept",
+                )
+        return None
+
+    async def _attach_quietly(
+        self, session: AsyncSession, number: int, data: ArticleInput, why: str
+    ) -> tuple[Ticket, Article]:
+        """Add a mail to a ticket without changing its status (bounces, auto-replies)."""
+        svc = self.service
+        ticket = await svc._ticket_for_update(session, number)
+        hops = 0
+        while (
+            ticket.status == Status.MERGED.value and ticket.merged_into_id is not None and hops < 10
+        ):
+            target = await session.get(Ticket, ticket.merged_into_id)
+            if target is None:
+                break
+            ticket = await svc._ticket_for_update(session, target.number)
+            hops += 1
+        article = await svc._add_article(session, ticket, MAIL, data)
+        svc._audit(
+            session, ticket.id, MAIL, "mail-attached", None, None, f"article {article.id} ({why})"
+        )
+        svc._touch(ticket)
+        await svc._event(session, ticket.id, "article", MAIL)
+        return ticket, article
+
+    async def _left_out_note(
+        self, session: AsyncSession, ticket: Ticket, parsed: ParsedMail, left_out: list[str]
+    ) -> None:
+        if not left_out:
+            return
+        who = parsed.from_addr or "(unknown sender)"
+        lines = "\n".join(f"- {x}" for x in left_out[:50])
+        body = f"Left out of the mail from {who} (Message-ID <{parsed.message_id or 'none'}>):\n{lines}"
+        await self.service._add_article(
+            session,
+            ticket,
+            MAIL,
+            ArticleInput(
+                kind=ArticleKind.NOTE, body=body, meta={"auto": True, "reason": "size limits"}
+            ),
+        )
+
+    async def _acknowledge(
+        self,
+        session: AsyncSession,
+        ctx: _Context,
+        ticket: Ticket,
+        parsed: ParsedMail,
+        article: Article,
+        auto: str | None,
+    ) -> None:
+        from mail_sync.autoreply import queue_acknowledgement
+
+        queue = ticket.queue
+        if queue is None or not (queue.settings or {}).get("ack"):
+            return
+        outcome = await queue_acknowledgement(
+            self.service,
+            session,
+            ticket,
+            sender=parsed.from_addr,
+            auto_submitted=parsed.auto_submitted or auto is not None,
+            is_bulk_or_list=parsed.is_bulk_or_list,
+            is_bounce=parsed.is_bounce,
+            domain=ctx.domain,
+        )
+        article.meta = {**(article.meta or {}), "ack": outcome}
+
+
+# ----------------------------------------------------------------------------- quarantine
+_HDR_SUBJECT = re.compile(rb"^Subject:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_HDR_FROM = re.compile(
+    rb"^From:.*?([^\s<>\"'(),;:]+@[^\s<>\"'(),;:]+)", re.IGNORECASE | re.MULTILINE
+)
+_HDR_MSGID = re.compile(rb"^Message-ID:[ \t]*<?([^\s<>]{1,900})>?", re.IGNORECASE | re.MULTILINE)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def header_message_id(raw: bytes) -> str | None:
+    """The Message-ID of a raw mail found without parsing it (for quarantined mail)."""
+    m = _HDR_MSGID.search(split_header(raw))
+    return m.group(1).decode("ascii", "replace") if m else None
+
+
+def fallback_parsed(raw: bytes) -> ParsedMail:
+    """A minimal ParsedMail for a mail the parser refuses: header fields by pattern, the raw
+    text as the body. Used only when an admin releases a quarantined mail."""
+    import hashlib
+
+    head = split_header(raw)
+    subj = _HDR_SUBJECT.search(head)
+    sender = _HDR_FROM.search(head)
+    text = _CONTROL.sub("", raw[: 1024 * 1024].decode("utf-8", "replace"))
+    subject = (
+        " ".join(_CONTROL.sub("", subj.group(1).decode("utf-8", "replace")).split())[:500]
+        if subj
+        else ""
+    )
+    return ParsedMail(
+        message_id=header_message_id(raw),
+        in_reply_to=[],
+        references=[],
+        subject=subject or "(released from quarantine)",
+        from_addr=sender.group(1).decode("ascii", "replace").lower() if sender else "",
+        from_name="",
+        to=[],
+        cc=[],
+        reply_to=[],
+        return_path=None,
+        date=None,
+        text=text,
+        html=None,
+        new_text=text,
+        quoted_text="",
+        attachments=[],
+        language=None,
+        auto_submitted=False,
+        is_bulk_or_list=False,
+        is_bounce=False,
+        bounce_original_message_id=None,
+        content_hash=hashlib.sha256(raw.replace(b"\r\n", b"\n")).hexdigest(),
+        size=len(raw),
+        warnings=["released from quarantine without parsing: the body is the raw message"],
+        truncated_parts=[],
+        headers=[],
+    )
+
+
+class QuarantineError(StoreError):
+    """A quarantine entry cannot be retried or released."""
+
+
+async def _held(session: AsyncSession, qid: int) -> Quarantine:
+    q = await session.get(Quarantine, qid)
+    if q is None:
+        raise NotFoundError(f"no quarantine entry {qid} (see `helpdesk mail quarantine list`)")
+    if q.status != "held":
+        raise QuarantineError(
+            f"quarantine entry {qid} is already {q.status}"
+            + (f" (ticket id {q.ticket_id})" if q.ticket_id else "")
+        )
+    return q
+
+
+async def resolve_quarantined(ingestor: Ingestor, qid: int, *, force: bool = False) -> IngestResult:
+    """Retry a quarantined mail through the pipeline (`force`: release it even if the parser
+    still refuses it, with the raw text as the body). On failure the entry stays held."""
+    db = ingestor.db
+    async with db.read() as session:
+        q = await _held(session, qid)
+        raw, label, account_id = q.raw, q.source, q.account_id
+    account_queue: str | None = None
+    if account_id is not None:
+        async with db.read() as session:
+            acct = await session.get(MailAccount, account_id)
+            if acct is not None and acct.queue_id is not None:
+                queue = await session.get(Queue, acct.queue_id)
+                account_queue = queue.name if queue else None
+    item = ingestor.prepare(raw, MailSource("quarantine", f"quarantine #{qid} ({label})"))
+    if item.parsed is None:
+        if not force:
+            async with db.write() as session:
+                q = await _held(session, qid)
+                q.error = (item.error or "unparseable")[:4000]
+            raise QuarantineError(
+                f"quarantine entry {qid} still fails: {item.error}; "
+                "`release` it to make a ticket from the raw text anyway"
+            )
+        item.parsed = fallback_parsed(raw)
+        item.error = None
+    default_queue = ingestor.default_queue
+    ingestor.default_queue = default_queue or account_queue
+    try:
+        async with db.write() as session:
+            await ingestor.lock(session)
+            q = await _held(session, qid)
+            ctx = await ingestor._context(session)
+            failed: str | None = None
+            try:
+                async with session.begin_nested():
+                    result = await ingestor._ingest_parsed(session, ctx, item, item.parsed)
+            except Exception as exc:
+                if _is_db_failure(exc):
+                    raise
+                q.error = f"ingest failed: {type(exc).__name__}: {exc}"[:4000]
+                failed = q.error
+            else:
+                q.status = "released" if force else "retried"
+                if result.ticket_number is not None:
+                    q.ticket_id = (
+                        await session.execute(
+                            select(Ticket.id).where(Ticket.number == result.ticket_number)
+                        )
+                    ).scalar_one()
+                for seen in (
+                    await session.execute(select(MailSeen).where(MailSeen.quarantine_id == qid))
+                ).scalars():
+                    seen.article_id = result.article_id
+                if result.article_id is not None:
+                    art = await session.get(Article, result.article_id)
+                    if art is not None and result.outcome != "duplicate":
+                        art.meta = {
+                            **(art.meta or {}),
+                            "quarantine": f"{q.status} from quarantine #{qid}: {q.error[:300]}",
+                        }
+    finally:
+        ingestor.default_queue = default_queue
+    if failed is not None:
+        raise QuarantineError(f"quarantine entry {qid} still fails: {failed}")
+    return result
+
+
+# ----------------------------------------------------------------------------- explain
+async def explain(db: Any, what: str) -> dict[str, Any]:
+    """Why mail went where it went: for a ticket number (`1234`, `#1234`) or a Message-ID."""
+    key = what.strip()
+    number = key.lstrip("#")
+    async with db.read() as session:
+        if number.isdigit():
+            ticket = (
+                (await session.execute(select(Ticket).where(Ticket.number == int(number))))
+                .unique()
+                .scalar_one_or_none()
+            )
+            if ticket is None:
+                raise NotFoundError(f"no ticket #{number}")
+            arts = (
+                (
+                    await session.execute(
+                        select(Article)
+                        .where(Article.ticket_id == ticket.id)
+                        .order_by(Article.created_at, Article.id)
+                    )
+                )
+                .unique()
+                .scalars()
+                .all()
+            )
+            mails = [await _explain_article(session, a) for a in arts if a.kind == "email_in"]
+            quarantined = (
+                (await session.execute(select(Quarantine).where(Quarantine.ticket_id == ticket.id)))
+                .scalars()
+                .all()
+            )
+            links = (
+                await session.execute(
+                    select(TicketLink.kind, Ticket.number)
+                    .join(Ticket, Ticket.id == TicketLink.other_id)
+                    .where(TicketLink.ticket_id == ticket.id)
+                )
+            ).all()
+            return {
+                "ticket": ticket.number,
+                "subject": ticket.subject,
+                "status": ticket.status,
+                "links": [{"kind": k, "ticket": n} for k, n in links],
+                "mails": mails,
+                "quarantine": [_explain_quarantine(q) for q in quarantined],
+            }
+        mid = key.strip("<>")
+        arts = (
+            (
+                await session.execute(
+                    select(Article).where(Article.message_id == mid).order_by(Article.id)
+                )
+            )
+            .unique()
+            .scalars()
+            .all()
+        )
+        found = [await _explain_article(session, a) for a in arts]
+        quarantined = []
+        for q in (
+            await session.execute(select(Quarantine).order_by(Quarantine.id.desc()).limit(5000))
+        ).scalars():
+            if header_message_id(q.raw) == mid:
+                quarantined.append(_explain_quarantine(q))
+        if not found and not quarantined:
+            raise NotFoundError(f"no mail with Message-ID <{mid}> was ingested or quarantined")
+        return {"message_id": mid, "mails": found, "quarantine": quarantined}
+
+
+async def _explain_article(session: AsyncSession, art: Article) -> dict[str, Any]:
+    meta = art.meta or {}
+    number = (
+        await session.execute(select(Ticket.number).where(Ticket.id == art.ticket_id))
+    ).scalar_one()
+    seen = (
+        await session.execute(
+            select(MailSeen, MailAccount.name)
+            .join(MailAccount, MailAccount.id == MailSeen.account_id)
+            .where(MailSeen.article_id == art.id)
+        )
+    ).all()
+    return {
+        "article": art.id,
+        "ticket": int(number),
+        "kind": art.kind,
+        "message_id": art.message_id,
+        "from": art.from_addr,
+        "subject": art.subject,
+        "received": art.created_at.isoformat(timespec="seconds") if art.created_at else None,
+        "source": meta.get("source"),
+        "threading": meta.get("threading"),
+        "queue": meta.get("queue"),
+        "auto": meta.get("reason") if meta.get("auto") else None,
+        "acknowledgement": meta.get("ack"),
+        "left_out": meta.get("left_out", []),
+        "quarantine": meta.get("quarantine"),
+        "duplicates": meta.get("duplicates", []),
+        "server_copies": [
+            f"{name}/{s.folder} UID {s.uid} (UIDVALIDITY {s.uidvalidity})" for s, name in seen
+        ],
+    }
+
+
+def _explain_quarantine(q: Quarantine) -> dict[str, Any]:
+    return {
+        "id": q.id,
+        "status": q.status,
+        "source": q.source,
+        "error": q.error,
+        "size": len(q.raw or b""),
+        "since": q.created_at.isoformat(timespec="seconds") if q.created_at else None,
+    }

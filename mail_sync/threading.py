@@ -1,0 +1,283 @@
+"""Which ticket an incoming mail belongs to: references, then a verified subject tag, then new.
+
+Order (never by subject similarity):
+
+1. In-Reply-To / References naming a Message-ID we stored (received or sent), or one of our
+   own outgoing Message-IDs whose HMAC verifies (``t{number}.{nonce}{mac}@domain``).
+2. Our ticket tag in the subject (``[#1234]`` by default, format configurable), only if the
+   sender is a participant of that ticket: its customer (any of their addresses), its
+   organization's domains, or someone who already wrote on or was written to on it.
+   A tag from anyone else opens a new ticket linked to the tagged one, so a guessed tag
+   cannot inject mail into someone else's ticket.
+3. A new ticket.
+
+Every decision carries a human-readable reason, stored on the article for `mail explain`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from email.utils import getaddresses
+from functools import lru_cache
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from store.models import Article, ArticleKind, Customer, CustomerEmail, Setting, Ticket
+
+SECRET_KEY = "mail_secret"
+DEFAULT_TAG_FORMAT = "[#{number}]"
+#: How many References are looked at (newest first): a hostile header may list thousands.
+MAX_REFERENCES = 50
+
+_OUR_ID = re.compile(r"^t(\d{1,18})\.([0-9a-f]{8})([0-9a-f]{16})@", re.IGNORECASE)
+
+#: Reply/forward prefixes (Re:, AW:, VS:, SV:, Отв:, Fwd:, ...). The tag is found anywhere in
+#: the subject, so these never hide it; they are stripped only to tidy a new ticket's subject.
+REPLY_PREFIX = re.compile(
+    r"^(?:\s*(?:re|aw|sv|vs|fw|fwd|wg|tr|rv|antw|odp|atb|pārs|отв|ответ|пересл|رد)"
+    r"(?:\[\d+\])?\s*[:：]\s*)+",
+    re.IGNORECASE,
+)
+
+
+def strip_reply_prefixes(subject: str) -> str:
+    """`Re: AW: Отв: Fwd: x` -> `x`."""
+    return REPLY_PREFIX.sub("", subject or "").strip()
+
+
+# ------------------------------------------------------------------------- our Message-IDs
+def _mac(secret: bytes, number: int, nonce: str) -> str:
+    return hmac.new(secret, f"{number}.{nonce}".encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def make_message_id(ticket_number: int, secret: bytes | str, domain: str) -> str:
+    """An outgoing Message-ID (no angle brackets) that names the ticket and can be verified."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    nonce = secrets.token_hex(4)
+    return f"t{int(ticket_number)}.{nonce}{_mac(key, int(ticket_number), nonce)}@{domain}"
+
+
+def verify_message_id(message_id: str, secret: bytes | str) -> int | None:
+    """The ticket number in one of our Message-IDs if its HMAC verifies, else None."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    m = _OUR_ID.match((message_id or "").strip().strip("<>"))
+    if m is None:
+        return None
+    number, nonce, mac = int(m.group(1)), m.group(2).lower(), m.group(3).lower()
+    if hmac.compare_digest(_mac(key, number, nonce), mac):
+        return number
+    return None
+
+
+async def mail_secret(session: AsyncSession) -> bytes:
+    """The per-store HMAC secret (Setting 'mail_secret'), created on first use."""
+    row = await session.get(Setting, SECRET_KEY)
+    if row is not None and isinstance(row.value, str) and row.value:
+        return row.value.encode()
+    value = secrets.token_hex(32)
+    try:
+        async with session.begin_nested():
+            if row is None:
+                session.add(Setting(key=SECRET_KEY, value=value))
+            else:
+                row.value = value
+    except IntegrityError:
+        # Another process created it first: use theirs.
+        session.expire_all()
+        row = await session.get(Setting, SECRET_KEY)
+        if row is None or not isinstance(row.value, str):
+            raise
+        return row.value.encode()
+    return value.encode()
+
+
+# ------------------------------------------------------------------------- subject tags
+@lru_cache(maxsize=16)
+def tag_pattern(tag_format: str = DEFAULT_TAG_FORMAT) -> re.Pattern[str]:
+    """A regex finding the ticket tag of `tag_format` (which contains `{number}`)."""
+    if "{number}" not in tag_format:
+        tag_format = DEFAULT_TAG_FORMAT
+    before, _, after = tag_format.partition("{number}")
+    return re.compile(re.escape(before) + r"\s*(\d{1,18})\s*" + re.escape(after), re.IGNORECASE)
+
+
+def find_tag(subject: str, tag_format: str = DEFAULT_TAG_FORMAT) -> int | None:
+    """The ticket number tagged in a subject (the last tag wins: forwarded chains add theirs
+    in front), or None."""
+    matches = tag_pattern(tag_format).findall(subject or "")
+    return int(matches[-1]) if matches else None
+
+
+# ------------------------------------------------------------------------- decisions
+@dataclass(frozen=True)
+class ThreadDecision:
+    """Where a mail goes: `reply` to `ticket_number`, `linked` new ticket, or `new`."""
+
+    action: str
+    ticket_number: int | None
+    reason: str
+    matched_message_id: str | None = None
+
+
+def candidate_ids(in_reply_to: Sequence[str], references: Sequence[str]) -> list[str]:
+    """In-Reply-To first, then References newest first; de-duplicated, capped."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for mid in [*in_reply_to, *reversed(references)]:
+        m = (mid or "").strip().strip("<>")
+        if m and m not in seen:
+            seen.add(m)
+            out.append(m)
+        if len(out) >= MAX_REFERENCES:
+            break
+    return out
+
+
+async def ticket_of_message_ids(
+    session: AsyncSession, ids: Sequence[str]
+) -> tuple[str, Ticket] | None:
+    """The first id (in the given order) that a stored article carries, with its ticket."""
+    if not ids:
+        return None
+    rows = (
+        await session.execute(
+            select(Article.message_id, Article.ticket_id)
+            .where(Article.message_id.in_(list(ids)))
+            .order_by(Article.id)
+        )
+    ).all()
+    by_id: dict[str, int] = {}
+    for mid, tid in rows:
+        if mid:
+            by_id.setdefault(mid, tid)
+    for mid in ids:
+        if mid in by_id:
+            ticket = await session.get(Ticket, by_id[mid])
+            if ticket is not None:
+                return mid, ticket
+    return None
+
+
+async def ticket_by_number(session: AsyncSession, number: int) -> Ticket | None:
+    return (
+        (await session.execute(select(Ticket).where(Ticket.number == number)))
+        .unique()
+        .scalar_one_or_none()
+    )
+
+
+def _addresses(values: Iterable[str]) -> set[str]:
+    return {a.strip().lower() for _, a in getaddresses([v for v in values if v]) if "@" in a}
+
+
+async def participants(session: AsyncSession, ticket: Ticket) -> tuple[set[str], set[str]]:
+    """(addresses, domains) of the people on a ticket."""
+    addrs: set[str] = set()
+    domains: set[str] = set()
+    if ticket.customer_id is not None:
+        customer = await session.get(Customer, ticket.customer_id)
+        if customer is not None:
+            addrs.add(customer.email.lower())
+            for alt in (
+                await session.execute(
+                    select(CustomerEmail.email).where(CustomerEmail.customer_id == customer.id)
+                )
+            ).scalars():
+                addrs.add(alt.lower())
+    if ticket.organization is not None:
+        domains.update(d.lower().lstrip("@") for d in ticket.organization.domains or [])
+    rows = (
+        await session.execute(
+            select(Article.kind, Article.from_addr, Article.to_addrs, Article.cc_addrs).where(
+                Article.ticket_id == ticket.id,
+                Article.kind.in_([ArticleKind.EMAIL_IN.value, ArticleKind.EMAIL_OUT.value]),
+            )
+        )
+    ).all()
+    for kind, from_addr, to_addrs, cc_addrs in rows:
+        if kind == ArticleKind.EMAIL_IN.value:
+            addrs |= _addresses([from_addr])
+        else:
+            addrs |= _addresses([to_addrs, cc_addrs])
+    return addrs, domains
+
+
+async def decide(
+    session: AsyncSession,
+    *,
+    sender: str,
+    subject: str,
+    in_reply_to: Sequence[str],
+    references: Sequence[str],
+    secret: bytes,
+    tag_format: str = DEFAULT_TAG_FORMAT,
+) -> ThreadDecision:
+    """Decide where a mail goes; see the module docstring for the order."""
+    ids = candidate_ids(in_reply_to, references)
+    found = await ticket_of_message_ids(session, ids)
+    if found is not None:
+        mid, ticket = found
+        header = "In-Reply-To" if mid in {i.strip("<>") for i in in_reply_to} else "References"
+        return ThreadDecision(
+            "reply",
+            ticket.number,
+            f"{header} <{mid}> is a stored message of ticket #{ticket.number}",
+            mid,
+        )
+    unverified: list[str] = []
+    for mid in ids:
+        number = verify_message_id(mid, secret)
+        if number is not None:
+            if await ticket_by_number(session, number) is not None:
+                return ThreadDecision(
+                    "reply",
+                    number,
+                    f"<{mid}> is one of our Message-IDs (HMAC verified) for ticket #{number}",
+                    mid,
+                )
+        elif _OUR_ID.match(mid):
+            unverified.append(mid)
+    note = ""
+    if unverified:
+        note = f"; ignored unverified ticket Message-ID <{unverified[0]}>"
+    elif ids:
+        note = f"; none of {len(ids)} referenced Message-IDs is known"
+
+    number = find_tag(subject, tag_format)
+    if number is not None:
+        tag = tag_format.replace("{number}", str(number))
+        tagged = await ticket_by_number(session, number)
+        if tagged is None:
+            return ThreadDecision(
+                "new", None, f"subject tag {tag} names no ticket: new ticket{note}"
+            )
+        who = (sender or "").strip().lower()
+        addrs, domains = await participants(session, tagged)
+        domain = who.rpartition("@")[2]
+        if who and who in addrs:
+            return ThreadDecision(
+                "reply",
+                number,
+                f"subject tag {tag}; sender {who} is a participant of #{number}{note}",
+            )
+        if who and domain and domain in domains:
+            return ThreadDecision(
+                "reply",
+                number,
+                f"subject tag {tag}; sender domain {domain} belongs to the organization of "
+                f"#{number}{note}",
+            )
+        return ThreadDecision(
+            "linked",
+            number,
+            f"subject tag {tag} but sender {who or '(none)'} is not a participant of "
+            f"#{number}: new ticket linked to it{note}",
+        )
+    return ThreadDecision("new", None, f"no known reference and no subject tag: new ticket{note}")
