@@ -86,6 +86,11 @@ async def _tick_loop(service: Service, stop: asyncio.Event, interval: float) -> 
     while not stop.is_set():
         try:
             result = await service.tick()
+            from store import rules
+
+            fired = await rules.run_time_rules(service, service.clock())
+            if fired:
+                log.info("event=time-rules fired=%d", len(fired))
             if result["woken"] or result["closed"]:
                 log.info(
                     "event=tick woken=%d closed=%d", len(result["woken"]), len(result["closed"])

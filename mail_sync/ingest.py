@@ -307,7 +307,21 @@ class Ingestor:
                     break
             if before_commit is not None:
                 await before_commit(session, results)
+        await self._run_rules(results)
         return results
+
+    async def _run_rules(self, results: Sequence[IngestResult]) -> None:
+        """Routing and other rules run after the mail's transaction committed (never before)."""
+        from store.rules import run_rules
+
+        for r in results:
+            if r.ticket_number is None or r.outcome not in ("created", "threaded"):
+                continue
+            event = "created" if r.outcome == "created" else "customer_replied"
+            try:
+                await run_rules(self.service, event, r.ticket_number, self.service.clock())
+            except Exception:  # noqa: BLE001 - a broken rule never loses or blocks mail
+                log.exception("event=rules-failed ticket=%s", r.ticket_number)
 
     async def lock(self, session: AsyncSession) -> None:
         """Serialise ingestion across processes (SQLite's BEGIN IMMEDIATE already does)."""
