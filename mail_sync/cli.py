@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -133,6 +134,12 @@ def run(body: Callable[[Database], Awaitable[T]]) -> T:
         fail(f"cannot use the database: {detail}", EXIT_DATABASE)
     except OSError as exc:
         fail(f"{exc.strerror or exc}", EXIT_ERROR)
+    except Exception as exc:
+        if os.environ.get("HELPDESK_DEBUG"):
+            raise
+        from mail_sync.engine import describe
+
+        fail(f"unexpected error: {describe(exc)} (HELPDESK_DEBUG=1 shows where)", EXIT_ERROR)
 
 
 def print_json(data: Any) -> None:

@@ -36,7 +36,6 @@ import ssl
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +58,7 @@ from mail_sync.ingest import (
 )
 from store.config import Config
 from store.engine import Database, StoreError, sqlite_path
-from store.models import Article, MailFolderState, MailHeartbeat, MailSeen, Quarantine, utcnow
+from store.models import Article, MailFolderState, MailHeartbeat, MailSeen, Quarantine
 from store.service import Service
 
 log = logging.getLogger("helpdesk.mail.sync")
@@ -95,6 +94,8 @@ class SyncSettings:
     uidvalidity_min_match: float = 0.5
     #: ... or no more than this many are unmatched.
     uidvalidity_unmatched_ok: int = 20
+    #: Failing longer than this (seconds) makes every retry log an ERROR, not a WARNING.
+    failing_after: float = 900.0
     #: A message the server returns no body for is quarantined after this many tries.
     missing_body_attempts: int = 3
 
@@ -319,8 +320,8 @@ class SyncEngine:
         self._errors: dict[str, str] = {}
         self._backlog: dict[str, int] = {}
         self._missing: dict[tuple[str, int, int], int] = {}
+        self._failing_since: dict[str, float] = {}
         self._last_beat = 0.0
-        self._failing_logged: set[str] = set()
 
     # ------------------------------------------------------------------ reporting
     def _report(self, folder: str | None, event: str, **kw: Any) -> None:
@@ -992,6 +993,7 @@ class SyncEngine:
                 self._report(folder, "connected")
                 log.info("event=connected account=%s folder=%r", self.account.name, folder)
                 report = await self.sync_folder(conn, folder)
+                self._failing_since.pop(folder, None)
                 if self._errors.pop(folder, None) is not None:
                     log.info("event=recovered account=%s folder=%r", self.account.name, folder)
                 await self._heartbeat(success=True)
@@ -1018,15 +1020,21 @@ class SyncEngine:
                 await self._heartbeat(error=msg)
                 self._report(folder, "error", detail=msg)
                 wait = _jitter(delay)
-                level = (
-                    logging.ERROR if isinstance(exc, SecretError | StoreError) else logging.WARNING
+                failing_since = self._failing_since.setdefault(folder, time.monotonic())
+                failing_for = time.monotonic() - failing_since
+                # Network blips are warnings; a failure that lasts (or needs a human) is loud.
+                loud = (
+                    isinstance(exc, SecretError | StoreError)
+                    or failing_for >= self.settings.failing_after
                 )
                 log.log(
-                    level,
-                    "event=sync-error account=%s folder=%r error=%r retry_in=%.1fs",
+                    logging.ERROR if loud else logging.WARNING,
+                    "event=sync-error account=%s folder=%r error=%r failing_for=%.0fs "
+                    "retry_in=%.1fs",
                     self.account.name,
                     folder,
                     msg,
+                    failing_for,
                     wait,
                 )
                 if not isinstance(
@@ -1110,13 +1118,6 @@ async def held_count(db: Database) -> int:
         )
 
 
-def failing_for(hb: MailHeartbeat | None, now: Any = None) -> timedelta | None:
-    """How long an account has been failing (None when it is not)."""
-    if hb is None or hb.failing_since is None:
-        return None
-    return (now or utcnow()) - hb.failing_since
-
-
 __all__ = [
     "AccountBusy",
     "FolderReport",
@@ -1126,6 +1127,5 @@ __all__ = [
     "SyncReport",
     "SyncSettings",
     "describe",
-    "failing_for",
     "held_count",
 ]

@@ -549,3 +549,41 @@ async def test_daemon_runs_accounts_and_the_minute_tick_and_stops_cleanly(
         await asyncio.wait_for(task, 20)
     assert time.monotonic() - t0 < 10
     assert len(ticks) >= 2
+
+
+async def test_auto_replies_and_bounces_over_imap_never_reopen_or_open_tickets(
+    db: Database, imap_account: ImapAccount, make_account: Callable[..., object]
+) -> None:
+    account = await make_account()  # type: ignore[misc]
+    service = Service(db)
+    engine = SyncEngine(db, account, settings=FAST, service=service)
+    await append(imap_account, "INBOX", mail("VPN broken"))
+    await engine.sync_once()
+    (ticket,) = await _tickets(db)
+    anna = await service.add_agent("anna", "Anna", "anna@help.test")
+    reply = await service.add_reply(Actor("agent", "anna", anna.id), ticket.number, "Try again.")
+    ooo = mail(
+        "Automatic reply: Re: VPN broken",
+        in_reply_to=reply.message_id,
+        extra={"Auto-Submitted": "auto-replied"},
+    )
+    bounce = (
+        "From: MAILER-DAEMON@mx.example.com\r\nTo: support@help.test\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <b1@mx.example.com>\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; "
+        'boundary="B"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nDelivery failed.\r\n'
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx\r\n\r\n"
+        "Final-Recipient: rfc822; alice@example.com\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        "--B\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"Message-ID: <{reply.message_id}>\r\nSubject: Re: VPN broken\r\n--B--\r\n"
+    ).encode()
+    newsletter = mail("Our newsletter", sender="news@vendor.test", extra={"Precedence": "bulk"})
+    await append(imap_account, "INBOX", ooo, bounce, newsletter)
+    report = await engine.sync_once()
+    assert (report.totals()["threaded"], report.totals()["created"]) == (2, 1)
+    detail = await service.ticket_detail(ticket.number)
+    assert detail.ticket.status == "answered"  # neither the auto-reply nor the bounce reopened it
+    autos = [a.meta.get("reason") for a in detail.articles if a.kind == "email_in"][1:]
+    assert autos == ["Auto-Submitted: auto-replied", "delivery status notification (bounce)"]
+    news = [t for t in await _tickets(db) if t.subject == "Our newsletter"]
+    assert len(news) == 1
