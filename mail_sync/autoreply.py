@@ -9,7 +9,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store.models import Article, ArticleKind, CannedResponse, Outbox, Queue, Ticket
-from store.service import Service, new_message_id
+from store.msgid import outgoing_message_id
+from store.service import Service
 
 DEFAULT_LIMIT_PER_HOUR = 3
 
@@ -117,7 +118,7 @@ async def queue_acknowledgement(
         .unique()
         .scalar_one_or_none()
     )
-    msgid = new_message_id(domain, ticket.number)
+    msgid = await outgoing_message_id(session, domain, ticket.number)
     article = Article(
         ticket_id=ticket.id,
         kind=ArticleKind.EMAIL_OUT.value,

@@ -16,27 +16,27 @@ Every decision carries a human-readable reason, stored on the article for `mail 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
-import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from email.utils import getaddresses
 from functools import lru_cache
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from store.models import Article, ArticleKind, Customer, CustomerEmail, Setting, Ticket
+from store.models import Article, ArticleKind, Customer, CustomerEmail, Ticket
+from store.msgid import (  # noqa: F401  (re-exported for mail_sync users)
+    SECRET_KEY,
+    is_our_message_id,
+    mail_secret,
+    make_message_id,
+    verify_message_id,
+)
 
-SECRET_KEY = "mail_secret"
 DEFAULT_TAG_FORMAT = "[#{number}]"
 #: How many References are looked at (newest first): a hostile header may list thousands.
 MAX_REFERENCES = 50
-
-_OUR_ID = re.compile(r"^t(\d{1,18})\.([0-9a-f]{8})([0-9a-f]{16})@", re.IGNORECASE)
 
 #: Reply/forward prefixes (Re:, AW:, VS:, SV:, Отв:, Fwd:, ...). The tag is found anywhere in
 #: the subject, so these never hide it; they are stripped only to tidy a new ticket's subject.
@@ -50,52 +50,6 @@ REPLY_PREFIX = re.compile(
 def strip_reply_prefixes(subject: str) -> str:
     """`Re: AW: Отв: Fwd: x` -> `x`."""
     return REPLY_PREFIX.sub("", subject or "").strip()
-
-
-# ------------------------------------------------------------------------- our Message-IDs
-def _mac(secret: bytes, number: int, nonce: str) -> str:
-    return hmac.new(secret, f"{number}.{nonce}".encode(), hashlib.sha256).hexdigest()[:16]
-
-
-def make_message_id(ticket_number: int, secret: bytes | str, domain: str) -> str:
-    """An outgoing Message-ID (no angle brackets) that names the ticket and can be verified."""
-    key = secret.encode() if isinstance(secret, str) else secret
-    nonce = secrets.token_hex(4)
-    return f"t{int(ticket_number)}.{nonce}{_mac(key, int(ticket_number), nonce)}@{domain}"
-
-
-def verify_message_id(message_id: str, secret: bytes | str) -> int | None:
-    """The ticket number in one of our Message-IDs if its HMAC verifies, else None."""
-    key = secret.encode() if isinstance(secret, str) else secret
-    m = _OUR_ID.match((message_id or "").strip().strip("<>"))
-    if m is None:
-        return None
-    number, nonce, mac = int(m.group(1)), m.group(2).lower(), m.group(3).lower()
-    if hmac.compare_digest(_mac(key, number, nonce), mac):
-        return number
-    return None
-
-
-async def mail_secret(session: AsyncSession) -> bytes:
-    """The per-store HMAC secret (Setting 'mail_secret'), created on first use."""
-    row = await session.get(Setting, SECRET_KEY)
-    if row is not None and isinstance(row.value, str) and row.value:
-        return row.value.encode()
-    value = secrets.token_hex(32)
-    try:
-        async with session.begin_nested():
-            if row is None:
-                session.add(Setting(key=SECRET_KEY, value=value))
-            else:
-                row.value = value
-    except IntegrityError:
-        # Another process created it first: use theirs.
-        session.expire_all()
-        row = await session.get(Setting, SECRET_KEY)
-        if row is None or not isinstance(row.value, str):
-            raise
-        return row.value.encode()
-    return value.encode()
 
 
 # ------------------------------------------------------------------------- subject tags
@@ -242,7 +196,7 @@ async def decide(
                     f"<{mid}> is one of our Message-IDs (HMAC verified) for ticket #{number}",
                     mid,
                 )
-        elif _OUR_ID.match(mid):
+        elif is_our_message_id(mid):
             unverified.append(mid)
     note = ""
     if unverified:

@@ -83,6 +83,7 @@ from store.models import (
     Ticket,
     TicketTag,
 )
+from store.msgid import outgoing_message_id
 from store.query import QueryContext, QueryError, compile_where, parse
 from store.rules_models import RULE_EVENTS, Rule, RuleRun
 from store.service import (
@@ -92,7 +93,6 @@ from store.service import (
     NotFoundError,
     Service,
     ValidationError,
-    new_message_id,
 )
 
 __all__ = [
@@ -758,7 +758,7 @@ async def _queue_auto_mail(
 ) -> Article:
     now = service.clock()
     refs = await service._thread_references(session, ticket.id)
-    msgid = new_message_id(_mail_domain(ticket), ticket.number)
+    msgid = await outgoing_message_id(session, _mail_domain(ticket), ticket.number)
     article = Article(
         ticket_id=ticket.id,
         kind=article_kind.value,

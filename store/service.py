@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from store import lifecycle
+from store import lifecycle, search_index
 from store.engine import Database, StoreError
 from store.models import (
     ACTIVE_STATUSES,
@@ -46,6 +45,7 @@ from store.models import (
     TicketTag,
     utcnow,
 )
+from store.msgid import outgoing_message_id
 
 PRESENCE_TTL = timedelta(seconds=30)
 DEFAULT_AUTOCLOSE_DAYS = 7
@@ -148,12 +148,6 @@ def _fmt(value: object) -> str | None:
     return str(value)
 
 
-def new_message_id(domain: str, ticket_number: int | None = None) -> str:
-    """A fresh Message-ID (without angle brackets)."""
-    tag = f"t{ticket_number}." if ticket_number else ""
-    return f"{tag}{secrets.token_hex(12)}@{domain}"
-
-
 class Service:
     """Every change to tickets and admin data goes through here."""
 
@@ -253,28 +247,6 @@ class Service:
             session.add(Blob(sha256=digest, size=len(data), data=data))
             await session.flush()
         return digest
-
-    async def _index_ticket(
-        self, session: AsyncSession, ticket: Ticket, *, replace: bool = False
-    ) -> None:
-        if self.db.dialect != "sqlite":
-            return  # PostgreSQL keeps a generated tsvector column.
-        if replace:
-            await session.execute(
-                text("DELETE FROM ticket_fts WHERE rowid = :id"), {"id": ticket.id}
-            )
-        await session.execute(
-            text("INSERT INTO ticket_fts(rowid, subject) VALUES (:id, :subject)"),
-            {"id": ticket.id, "subject": ticket.subject},
-        )
-
-    async def _index_article(self, session: AsyncSession, article: Article) -> None:
-        if self.db.dialect != "sqlite" or not article.body_text:
-            return
-        await session.execute(
-            text("INSERT INTO article_fts(rowid, body, ticket_id) VALUES (:id, :body, :tid)"),
-            {"id": article.id, "body": article.body_text, "tid": article.ticket_id},
-        )
 
     async def _agent_by_login(self, session: AsyncSession, login: str) -> Agent:
         agent = (
@@ -378,7 +350,12 @@ class Service:
                     content_id=att.content_id,
                 )
             )
-        await self._index_article(session, article)
+        if article.body_text:
+            await search_index.index_articles(
+                session,
+                self.db.dialect,
+                [search_index.ArticleText(article.ticket_id, article.id, article.body_text)],
+            )
         return article
 
     async def _after_commit(self, event: str, number: int, actor: Actor) -> list[str]:
@@ -470,7 +447,7 @@ class Service:
         )
         session.add(ticket)
         await session.flush()
-        await self._index_ticket(session, ticket)
+        await search_index.index_ticket(session, self.db.dialect, ticket.id, ticket.subject)
         if article is not None:
             await self._add_article(session, ticket, actor, article)
         for name in tags:
@@ -659,7 +636,7 @@ class Service:
         if subject is not None and subject.strip() and subject.strip() != t.subject:
             self._audit(session, t.id, actor, "changed", "subject", t.subject, subject.strip())
             t.subject = subject.strip()
-            await self._index_ticket(session, t, replace=True)
+            await search_index.index_ticket(session, self.db.dialect, t.id, t.subject, replace=True)
             changed = True
         if type is not _UNSET and type != t.type:
             self._audit(session, t.id, actor, "changed", "type", t.type, type)
@@ -734,7 +711,7 @@ class Service:
             target = status or Status.ANSWERED
             now = self.clock()
             customer = t.customer
-            msgid = new_message_id(domain, t.number)
+            msgid = await outgoing_message_id(session, domain, t.number)
             refs = await self._thread_references(session, t.id)
             article = await self._add_article(
                 session,
@@ -889,11 +866,7 @@ class Service:
             await session.execute(
                 update(Article).where(Article.ticket_id == src.id).values(ticket_id=dst.id)
             )
-            if self.db.dialect == "sqlite":
-                await session.execute(
-                    text("UPDATE article_fts SET ticket_id = :dst WHERE ticket_id = :src"),
-                    {"dst": dst.id, "src": src.id},
-                )
+            await search_index.move_articles(session, self.db.dialect, src.id, dst.id)
             for tag in src.tags:
                 if tag.name not in {x.name for x in dst.tags}:
                     session.add(TicketTag(ticket_id=dst.id, tag_id=tag.id))
