@@ -19,6 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mail_sync import csat
 from mail_sync import threading as mail_threading
 from mail_sync.parse import DEFAULT_LANGUAGES, ParsedMail, ParseError, ParseLimits, parse_mail
 from store.engine import StoreError
@@ -639,6 +640,30 @@ class Ingestor:
                     "automatic mail",
                 )
                 await self._left_out_note(session, ticket, parsed, left_out)
+                return IngestResult(
+                    "threaded",
+                    meta["threading"],
+                    ticket_number=ticket.number,
+                    article_id=article.id,
+                    source=src.label,
+                )
+            rating = await csat.rating_reply(
+                session,
+                decision.ticket_number,
+                parsed.in_reply_to,
+                parsed.references,
+                parsed.new_text or parsed.text,
+            )
+            if rating is not None:
+                meta["threading"] = reason + f"; satisfaction rating {rating.score}: status kept"
+                meta["csat"] = rating.score
+                ticket, article = await self._attach_quietly(
+                    session,
+                    decision.ticket_number,
+                    self._article_input(item, parsed, meta),
+                    "satisfaction rating",
+                )
+                await csat.record_rating(session, ticket, rating, article)
                 return IngestResult(
                     "threaded",
                     meta["threading"],
