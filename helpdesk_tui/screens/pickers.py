@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,15 +24,12 @@ from helpdesk_tui.screens.confirm import ChoiceScreen, PromptScreen
 from store import lifecycle
 from store.models import Level, Priority, Status
 from store.sanitize import clean_line, clean_text
+from store.timeparse import parse_future
 
 #: Value the agent picker returns for "nobody".
 UNASSIGN = ""
 #: Value the priority picker returns to drop an override.
 AUTO = "auto"
-
-#: Units a relative postpone time may use; never a bare `m` (minutes or months?).
-POSTPONE_UNITS = {"min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_RELATIVE = re.compile(r"^\+?(\d+)\s*(min|h|d|w)$")
 
 
 # --------------------------------------------------------------------------- parsing
@@ -42,27 +39,7 @@ def parse_postpone(value: str, now: datetime) -> datetime:
     A time without a zone is the agent's local time. Raises ValueError with a message that
     says what is accepted.
     """
-    v = value.strip().lower()
-    match = _RELATIVE.match(v)
-    if match:
-        amount, unit = int(match.group(1)), match.group(2)
-        if amount <= 0:
-            raise ValueError("the postpone time must be in the future")
-        return now + timedelta(seconds=amount * POSTPONE_UNITS[unit])
-    if re.fullmatch(r"\d+\s*(m|mo|months?|s|y)", v):
-        raise ValueError(f"{value!r}: use min, h, d or w (e.g. 90min, 3h, 2d, 1w) or a date")
-    try:
-        moment = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise ValueError(
-            f"cannot read {value!r}; use e.g. 2d, 3h, 90min, 1w or 2026-12-01T09:00"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.astimezone()  # local time, as the agent typed it
-    moment = moment.astimezone(UTC)
-    if moment <= now:
-        raise ValueError(f"{value!r} is in the past; the postpone time must be in the future")
-    return moment
+    return parse_future(value, now)
 
 
 def parse_ticket_number(value: str) -> int:
@@ -104,7 +81,9 @@ def _label(text: str, note: str = "", note_style: str = "dim") -> Content:
     return Content.assemble((clean_line(text), ""), (f"  {note}" if note else "", note_style))
 
 
-def agent_picker(agents: Sequence[Any], current: str | None, me: str | None = None) -> ChoiceScreen[str]:
+def agent_picker(
+    agents: Sequence[Any], current: str | None, me: str | None = None
+) -> ChoiceScreen[str]:
     """Pick an active agent, or 'unassign' (returns a login, or `UNASSIGN`)."""
     choices: list[tuple[str, Content | str]] = [(UNASSIGN, _label("unassign", "nobody owns it"))]
     for agent in agents:
@@ -115,10 +94,17 @@ def agent_picker(agents: Sequence[Any], current: str | None, me: str | None = No
             notes.append("you")
         if agent.login == current:
             notes.append("current")
-        choices.append((agent.login, Content.assemble(
-            (clean_line(agent.login), "bold"), "  ", (clean_line(agent.name), ""),
-            (f"  ({', '.join(notes)})" if notes else "", "dim"),
-        )))
+        choices.append(
+            (
+                agent.login,
+                Content.assemble(
+                    (clean_line(agent.login), "bold"),
+                    "  ",
+                    (clean_line(agent.name), ""),
+                    (f"  ({', '.join(notes)})" if notes else "", "dim"),
+                ),
+            )
+        )
     return ChoiceScreen("Assign to", choices, current=current or UNASSIGN)
 
 
@@ -148,8 +134,13 @@ def status_picker(current: str, labels: dict[str, str]) -> ChoiceScreen[Status]:
 def priority_picker(current: int, override_by: str | None, derived: Priority) -> ChoiceScreen[str]:
     """Pick a priority, or `AUTO` (from impact x urgency, dropping an override)."""
     choices: list[tuple[str, Content | str]] = [
-        (AUTO, _label(f"auto: from impact x urgency ({derived.label})",
-                      "drops the override" if override_by else "")),
+        (
+            AUTO,
+            _label(
+                f"auto: from impact x urgency ({derived.label})",
+                "drops the override" if override_by else "",
+            ),
+        ),
     ]
     for p in sorted(Priority, reverse=True):
         notes = []
@@ -165,10 +156,12 @@ def priority_picker(current: int, override_by: str | None, derived: Priority) ->
 def level_picker(what: str, current: int) -> ChoiceScreen[Level]:
     """Pick impact or urgency: low, medium, high."""
     hints = {
-        "impact": {Level.LOW: "one person", Level.MEDIUM: "a team or a service degraded",
-                   Level.HIGH: "many people or a whole service down"},
-        "urgency": {Level.LOW: "can wait", Level.MEDIUM: "soon",
-                    Level.HIGH: "work is stopped now"},
+        "impact": {
+            Level.LOW: "one person",
+            Level.MEDIUM: "a team or a service degraded",
+            Level.HIGH: "many people or a whole service down",
+        },
+        "urgency": {Level.LOW: "can wait", Level.MEDIUM: "soon", Level.HIGH: "work is stopped now"},
     }.get(what, {})
     choices: list[tuple[Level, Content | str]] = [
         (lv, _label(lv.label, ("current, " if int(lv) == current else "") + hints.get(lv, "")))
@@ -279,8 +272,13 @@ class PipeResultScreen(ModalScreen[bool]):
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("k", "keep", "Keep as note", id="pipe.keep",
-                tooltip="Add the output to the ticket as an internal note"),
+        Binding(
+            "k",
+            "keep",
+            "Keep as note",
+            id="pipe.keep",
+            tooltip="Add the output to the ticket as an internal note",
+        ),
         Binding("escape,q", "close", "Close", id="pipe.close", tooltip="Close; nothing is kept"),
     ]
 
@@ -293,8 +291,14 @@ class PipeResultScreen(ModalScreen[bool]):
         r = self.result
         status = "ok" if r.returncode == 0 else f"exit status {r.returncode}"
         with Vertical():
-            yield Static(Content.assemble(("$ ", "dim"), (clean_line(r.command), "bold"),
-                                          (f"   ({self.what}; {status})", "dim")), id="pipe-title")
+            yield Static(
+                Content.assemble(
+                    ("$ ", "dim"),
+                    (clean_line(r.command), "bold"),
+                    (f"   ({self.what}; {status})", "dim"),
+                ),
+                id="pipe-title",
+            )
             with VerticalScroll(id="pipe-output"):
                 out = clean_text(r.stdout) or "(no output)"
                 if r.truncated:
