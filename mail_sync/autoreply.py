@@ -8,7 +8,18 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from store.models import Article, ArticleKind, CannedResponse, Outbox, Queue, Ticket
+from mail_sync.outbox import SETTING_KEY, is_safe_address, return_path_of
+from store.models import (
+    Article,
+    ArticleKind,
+    Blob,
+    CannedResponse,
+    MailAccount,
+    Outbox,
+    Queue,
+    Setting,
+    Ticket,
+)
 from store.msgid import outgoing_message_id
 from store.service import Service
 
@@ -20,6 +31,12 @@ async def own_addresses(session: AsyncSession) -> set[str]:
     addrs: set[str] = set()
     for q in (await session.execute(select(Queue))).scalars():
         addrs.update(a.lower() for a in q.addresses)
+    smtp = await session.get(Setting, SETTING_KEY)
+    if smtp is not None and isinstance(smtp.value, dict) and smtp.value.get("from_address"):
+        addrs.add(str(smtp.value["from_address"]).lower())
+    for username in (await session.execute(select(MailAccount.username))).scalars():
+        if "@" in username:
+            addrs.add(username.lower())
     return addrs
 
 
@@ -61,22 +78,46 @@ async def queue_acknowledgement(
     is_bulk_or_list: bool = False,
     is_bounce: bool = False,
     domain: str = "helpdesk.invalid",
+    return_path: str | None = None,
 ) -> str:
-    """Queue the queue's acknowledgement for a new ticket if allowed; returns what happened."""
+    """Queue the queue's acknowledgement for a new ticket if allowed; returns what happened.
+
+    RFC 3834: the acknowledgement goes to the Return-Path of the customer's mail (given, or
+    read from the stored raw mail), else to the From address; never to `<>`.
+    """
     queue = ticket.queue
     settings: dict[str, Any] = dict(queue.settings or {}) if queue else {}
     template_name = settings.get("ack")
     if not template_name:
         return "no acknowledgement configured for this queue"
-    reason = suppression_reason(
-        sender=sender,
-        auto_submitted=auto_submitted,
-        is_bulk_or_list=is_bulk_or_list,
-        is_bounce=is_bounce,
-        ours=await own_addresses(session),
+    first = (
+        (
+            await session.execute(
+                select(Article).where(Article.ticket_id == ticket.id).order_by(Article.id).limit(1)
+            )
+        )
+        .unique()
+        .scalar_one_or_none()
     )
-    if reason:
-        return f"acknowledgement suppressed: {reason}"
+    if return_path is None and first is not None and first.raw_blob:
+        blob = await session.get(Blob, first.raw_blob)
+        return_path = return_path_of(blob.data if blob is not None else None)
+    if return_path is not None and not return_path.strip("<> "):
+        return "acknowledgement suppressed: the mail's Return-Path is <> (automatic mail)"
+    recipient = (return_path or sender or "").strip().strip("<>").lower()
+    ours = await own_addresses(session)
+    for address in dict.fromkeys([sender, recipient]):
+        reason = suppression_reason(
+            sender=address,
+            auto_submitted=auto_submitted,
+            is_bulk_or_list=is_bulk_or_list,
+            is_bounce=is_bounce,
+            ours=ours,
+        )
+        if reason:
+            return f"acknowledgement suppressed: {reason}"
+    if not is_safe_address(recipient):
+        return f"acknowledgement suppressed: unusable return address {recipient!r}"
     limit = int(settings.get("ack_limit_per_hour", DEFAULT_LIMIT_PER_HOUR))
     since = service.clock() - timedelta(hours=1)
     sent = (
@@ -86,12 +127,15 @@ async def queue_acknowledgement(
             .where(
                 Outbox.kind == "ack",
                 Outbox.created_at >= since,
-                Outbox.rcpt_to_key == sender.lower(),
+                Outbox.rcpt_to_key == recipient,
             )
         )
     ).scalar_one()
     if sent >= limit:
-        return f"acknowledgement suppressed: {sent} already sent to {sender} in the last hour (limit {limit})"
+        return (
+            f"acknowledgement suppressed: {sent} already sent to {recipient} in the last hour "
+            f"(limit {limit})"
+        )
     canned = (
         await session.execute(
             select(CannedResponse).where(
@@ -109,21 +153,14 @@ async def queue_acknowledgement(
     rendered = render(canned.body, context_from(ticket, team))
     if rendered.unknown:
         return f"acknowledgement not sent: template has unknown variables {', '.join(rendered.unknown)}"
-    first = (
-        (
-            await session.execute(
-                select(Article).where(Article.ticket_id == ticket.id).order_by(Article.id).limit(1)
-            )
-        )
-        .unique()
-        .scalar_one_or_none()
-    )
     msgid = await outgoing_message_id(session, domain, ticket.number)
     article = Article(
         ticket_id=ticket.id,
         kind=ArticleKind.EMAIL_OUT.value,
-        to_addrs=sender,
-        subject=f"Re: {ticket.subject}",
+        to_addrs=recipient,
+        subject=ticket.subject
+        if ticket.subject.lower().startswith("re:")
+        else f"Re: {ticket.subject}",
         message_id=msgid,
         in_reply_to=first.message_id if first else None,
         references=f"<{first.message_id}>" if first and first.message_id else None,
@@ -139,8 +176,8 @@ async def queue_acknowledgement(
             article_id=article.id,
             ticket_id=ticket.id,
             message_id=msgid,
-            rcpt_to=[sender],
-            rcpt_to_key=sender.lower(),
+            rcpt_to=[recipient],
+            rcpt_to_key=recipient,
             kind="ack",
             status="queued",
             next_attempt_at=service.clock(),

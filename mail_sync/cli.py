@@ -37,7 +37,8 @@ FAILING_AFTER = timedelta(minutes=15)
 STALE_AFTER = timedelta(minutes=10)
 
 mail_app = typer.Typer(
-    help="Mail in: IMAP accounts, sync status, quarantine, explain.", no_args_is_help=True
+    help="Mail in and out: IMAP accounts, sync status, quarantine, explain, SMTP, outbox.",
+    no_args_is_help=True,
 )
 account_app = typer.Typer(help="IMAP accounts that feed queues.", no_args_is_help=True)
 quarantine_app = typer.Typer(
@@ -47,8 +48,16 @@ import_app = typer.Typer(
     help="Import existing mail (mbox, Maildir, .eml) through the mail pipeline.",
     no_args_is_help=True,
 )
+smtp_app = typer.Typer(
+    help="Mail out: the SMTP server replies are delivered through.", no_args_is_help=True
+)
+outbox_app = typer.Typer(
+    help="Outbound mail waiting, failed or sent: list, retry, cancel.", no_args_is_help=True
+)
 mail_app.add_typer(account_app, name="account")
 mail_app.add_typer(quarantine_app, name="quarantine")
+mail_app.add_typer(smtp_app, name="smtp")
+mail_app.add_typer(outbox_app, name="outbox")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -70,6 +79,9 @@ def register(app: typer.Typer, get_db: Callable[[], Database]) -> None:
     """Mount `mail`, `sync` and `import` on the main app; `get_db` opens the store."""
     _db_factory[:] = [get_db]
     app.add_typer(mail_app, name="mail")
+    from mail_sync.csat_cli import register_csat
+
+    register_csat(mail_app, _open_db)
     app.command("sync")(sync_command)
     app.add_typer(import_app, name="import")
 
@@ -99,6 +111,7 @@ def run(body: Callable[[Database], Awaitable[T]]) -> T:
     from mail_sync.engine import AccountBusy
     from mail_sync.importer import MailboxNotFound
     from mail_sync.ingest import QuarantineError
+    from mail_sync.outbox import OutboxStateError, SmtpConfigError
     from store.migrate import current_revision, head_revision
 
     database = _open_db()
@@ -123,8 +136,12 @@ def run(body: Callable[[Database], Awaitable[T]]) -> T:
         fail(str(exc), EXIT_NOT_FOUND)
     except AccountBusy as exc:
         fail(str(exc), EXIT_CONFLICT)
-    except (acc.SecretError, QuarantineError, ConnectionProblem) as exc:
+    except (acc.SecretError, QuarantineError, ConnectionProblem, SmtpConfigError) as exc:
         fail(str(exc), EXIT_ERROR)
+    except OutboxStateError as exc:
+        fail(str(exc), EXIT_CONFLICT)
+    except LookupError as exc:
+        fail(str(exc), EXIT_NOT_FOUND)
     except (acc.AccountError, ValidationError, ValueError) as exc:
         fail(str(exc), EXIT_INVALID)
     except StoreError as exc:
@@ -646,6 +663,328 @@ def mail_explain(
                 style="red",
             )
         )
+
+
+# --------------------------------------------------------------------------- mail out
+@smtp_app.command("set")
+def smtp_set(
+    host: Annotated[str, typer.Option(help="SMTP server host name.")],
+    from_: Annotated[
+        str,
+        typer.Option(
+            "--from", help="From address when a ticket's queue has none (e.g. support@acme.com)."
+        ),
+    ],
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port (default 465 with --tls, 587 with --starttls, else 25)."),
+    ] = None,
+    tls: Annotated[bool, typer.Option("--tls", help="Implicit TLS (port 465).")] = False,
+    starttls: Annotated[bool, typer.Option("--starttls", help="STARTTLS (port 587).")] = False,
+    user: Annotated[str | None, typer.Option(help="Login name (none: no AUTH).")] = None,
+    password_env: Annotated[
+        str | None, typer.Option(help="Read the password from this environment variable.")
+    ] = None,
+    password_command: Annotated[
+        str | None,
+        typer.Option(help="Run this command (no shell) and use its first output line."),
+    ] = None,
+    keyring: Annotated[
+        bool, typer.Option("--keyring", help="Keep the password in the system keyring.")
+    ] = False,
+    oauth2_token_command: Annotated[
+        str | None,
+        typer.Option(help="XOAUTH2: a command printing a fresh access token (Gmail, M365)."),
+    ] = None,
+    from_name: Annotated[
+        str, typer.Option(help="Display name in From (an agent's reply: 'Alice via NAME').")
+    ] = "Support",
+    agent_names: Annotated[
+        bool,
+        typer.Option(
+            "--agent-names/--no-agent-names", help="Put the replying agent's name in From."
+        ),
+    ] = True,
+    sent_folder: Annotated[
+        str | None,
+        typer.Option(help="APPEND a copy of every sent mail to this IMAP folder (e.g. Sent)."),
+    ] = None,
+    sent_account: Annotated[
+        str | None,
+        typer.Option(help="The mail account whose IMAP server keeps --sent-folder."),
+    ] = None,
+) -> None:
+    """Configure the SMTP server (replaces the previous configuration). No secret is stored
+    in the database: only where it comes from."""
+    from mail_sync.outbox import SETTING_KEY, SmtpConfig, is_safe_address, keyring_set
+    from store.service import Service
+
+    if tls and starttls:
+        fail("give only one of --tls, --starttls", EXIT_INVALID)
+    security = "tls" if tls else "starttls" if starttls else "plain"
+    sources = [bool(password_env), bool(password_command), keyring]
+    if sum(sources) > 1:
+        fail("give only one of --password-env, --password-command, --keyring", EXIT_INVALID)
+    if (any(sources) or oauth2_token_command) and not user:
+        fail("a password or token needs --user", EXIT_INVALID)
+    if user and not any(sources) and not oauth2_token_command:
+        fail(
+            "say where the password comes from: --password-env VAR, --password-command CMD, "
+            "--keyring or --oauth2-token-command CMD",
+            EXIT_INVALID,
+        )
+    if not is_safe_address(from_.strip()):
+        fail(f"--from must be a plain address like support@acme.com, not {from_!r}", EXIT_INVALID)
+    if sent_account and not sent_folder:
+        fail("--sent-account needs --sent-folder", EXIT_INVALID)
+    password: str | None = None
+    if keyring:
+        if sys.stdin.isatty():
+            password = typer.prompt(f"SMTP password for {user}@{host}", hide_input=True)
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            fail("no password given for the keyring", EXIT_INVALID)
+    cfg = SmtpConfig(
+        host=host.strip(),
+        port=port or {"tls": 465, "starttls": 587}.get(security, 25),
+        security=security,
+        username=user,
+        password_env=password_env,
+        password_command=password_command,
+        use_keyring=keyring,
+        oauth2_token_command=oauth2_token_command,
+        from_address=from_.strip(),
+        from_name=clean_line(from_name) or "Support",
+        agent_names=agent_names,
+        sent_folder=sent_folder.strip() if sent_folder else None,
+        sent_account=sent_account,
+    )
+
+    async def body(db: Database) -> None:
+        if cfg.sent_folder:
+            accounts = await acc.list_accounts(db)
+            if cfg.sent_account:
+                account = await acc.get_account(db, cfg.sent_account)
+            elif len(accounts) == 1:
+                account = accounts[0]
+                cfg.sent_account = account.name
+            else:
+                raise acc.AccountError(
+                    "--sent-folder needs --sent-account NAME (one of the mail accounts)"
+                    if accounts
+                    else "--sent-folder needs a mail account (`helpdesk mail account add`)"
+                )
+            if cfg.sent_folder in account.folders:
+                raise acc.AccountError(
+                    f"{cfg.sent_folder} is synced as incoming mail on account {account.name}; "
+                    "copies there would come back as tickets"
+                )
+        if password is not None and user:
+            keyring_set(user, password)
+        await Service(db).set_setting(SETTING_KEY, cfg.to_setting())
+
+    run(body)
+    out.print(
+        Text(
+            f"SMTP: {cfg.host}:{cfg.port} ({cfg.security}), from {cfg.from_address}, "
+            f"secret from {cfg.secret_source}"
+            + (f", copies to {cfg.sent_folder} on {cfg.sent_account}" if cfg.sent_folder else "")
+            + ". Check it with `helpdesk mail smtp test`."
+        )
+    )
+
+
+def _smtp_config() -> Any:
+    from mail_sync.outbox import SmtpConfigError, load_config
+
+    async def body(db: Database) -> Any:
+        async with db.read() as session:
+            cfg = await load_config(session)
+        if cfg is None:
+            raise SmtpConfigError(
+                "no SMTP server is configured; set one with `helpdesk mail smtp set --host ...`"
+            )
+        return cfg
+
+    return run(body)
+
+
+@smtp_app.command("show")
+def smtp_show(json_: JsonOpt = False) -> None:
+    """The SMTP configuration (where the secret comes from, never the secret)."""
+    cfg = _smtp_config()
+    if json_:
+        data = cfg.to_setting()
+        data["secret"] = cfg.secret_source
+        print_json(data)
+        return
+    rows = [
+        ("server", f"{cfg.host}:{cfg.port} ({cfg.security})"),
+        ("login", cfg.username or "none (no AUTH)"),
+        ("secret from", cfg.secret_source),
+        ("from", f"{cfg.from_name} <{cfg.from_address}> (a queue's own address wins)"),
+        ("agent names", "yes ('Alice via " + cfg.from_name + "')" if cfg.agent_names else "no"),
+        ("subject tag", cfg.subject_tag),
+        (
+            "sent copies",
+            f"folder {cfg.sent_folder} on account {cfg.sent_account}" if cfg.sent_folder else "off",
+        ),
+    ]
+    for label, value in rows:
+        out.print(Text(f"{label + ':':13}{clean_line(str(value))}"))
+
+
+@smtp_app.command("test")
+def smtp_test() -> None:
+    """Connect, say EHLO and log in (nothing is sent); one line says how it went."""
+    from mail_sync.outbox import SmtpConfigError, SmtpTemporary, probe
+
+    cfg = _smtp_config()
+    try:
+        result = probe(cfg)
+    except (SmtpTemporary, SmtpConfigError) as exc:
+        fail(f"SMTP test failed: {exc}", EXIT_ERROR)
+    who = f"logged in as {cfg.username}" if result["authenticated"] else "no login"
+    out.print(
+        Text(
+            f"{cfg.host}:{cfg.port} ({cfg.security}): connected, {who}; server offers "
+            f"{clean_line(', '.join(result['features'])) or 'no extensions'}"
+        )
+    )
+
+
+@mail_app.command("send-queued")
+def send_queued(
+    now: Annotated[
+        bool, typer.Option("--now", help="Also send mail still waiting for its retry time.")
+    ] = False,
+) -> None:
+    """Deliver the queued mail once (what `helpdesk sync` does continuously). Exits 1 when
+    something could not be delivered."""
+    import logging
+
+    from sqlalchemy import update
+
+    from mail_sync.outbox import OutboxSender
+    from store.models import Outbox, utcnow
+
+    async def body(db: Database) -> tuple[dict[str, int], list[tuple[int, str, str | None]]]:
+        sender = await OutboxSender.from_store(db)
+        if now:
+            async with db.write() as session:
+                await session.execute(
+                    update(Outbox).where(Outbox.status == "queued").values(next_attempt_at=utcnow())
+                )
+        counts = await sender.send_due()
+        return counts, sender.results
+
+    # The outcome is printed below as clear lines; the sender's key=value log lines are for
+    # the daemon's log, not for this terminal.
+    quiet = logging.getLogger("helpdesk.outbox")
+    was = quiet.propagate
+    null = logging.NullHandler()
+    quiet.addHandler(null)
+    quiet.propagate = False
+    try:
+        counts, results = run(body)
+    finally:
+        quiet.removeHandler(null)
+        quiet.propagate = was
+    out.print(Text(f"sent {counts['sent']}, to retry {counts['retry']}, failed {counts['failed']}"))
+    for oid, outcome, error in results:
+        if outcome != "sent":
+            err.print(
+                Text(
+                    f"helpdesk: outbox {oid} {'will be retried' if outcome == 'retry' else 'FAILED'}"
+                    f": {clean_line(error or '')}",
+                    style="yellow" if outcome == "retry" else "red",
+                )
+            )
+    if counts["retry"] or counts["failed"]:
+        raise typer.Exit(EXIT_ERROR)
+
+
+@outbox_app.command("list")
+def outbox_list(
+    status: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--status",
+            help="queued, sending, failed, sent or cancelled (repeatable; default: "
+            "queued, sending and failed).",
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 200,
+    json_: JsonOpt = False,
+) -> None:
+    """Outbound mail: ticket, recipient, subject, attempts, next attempt, last error."""
+    from mail_sync.outbox import STATUSES, list_outbox
+
+    wanted = tuple(status or ("queued", "sending", "failed"))
+    bad = [s for s in wanted if s not in STATUSES]
+    if bad:
+        fail(f"unknown status {bad[0]!r}; use one of {', '.join(STATUSES)}", EXIT_INVALID)
+    rows = run(lambda db: list_outbox(db, wanted, limit))
+    if json_:
+        print_json(rows)
+        return
+    if not rows:
+        out.print(f"No {' or '.join(wanted)} mail in the outbox.")
+        return
+    table = Table(
+        "id", "ticket", "status", "to", "subject", "attempts", "next attempt", "last error"
+    )
+    now = datetime.now(UTC)
+    for r in rows:
+        nxt = r["next_attempt"]
+        when = (
+            "now" if nxt is not None and nxt <= now else (f"{nxt:%Y-%m-%d %H:%M}" if nxt else "-")
+        )
+        table.add_row(
+            str(r["id"]),
+            f"#{r['ticket']}" if r["ticket"] is not None else "-",
+            r["status"] + ("" if r["kind"] == "reply" else f" ({r['kind']})"),
+            Text(clean_line(", ".join(r["to"]))[:60]),
+            Text(clean_line(r["subject"])[:60]),
+            str(r["attempts"]),
+            when,
+            Text(
+                clean_line(r["last_error"] or "")[:100],
+                style="red" if r["status"] == "failed" else "",
+            ),
+        )
+    out.print(table)
+
+
+@outbox_app.command("retry")
+def outbox_retry(
+    ids: Annotated[list[int] | None, typer.Argument(help="Outbox entry ids.")] = None,
+    all_failed: Annotated[bool, typer.Option("--all-failed", help="Every failed entry.")] = False,
+) -> None:
+    """Queue failed mail again (sent at the next run of the sender)."""
+    from mail_sync.outbox import retry_outbox
+
+    if bool(ids) == all_failed:
+        fail("give outbox ids or --all-failed", EXIT_INVALID)
+    done = run(lambda db: retry_outbox(db, None if all_failed else list(ids or [])))
+    if not done:
+        out.print("No failed mail to retry.")
+        return
+    out.print(Text(f"Queued again: {', '.join(str(i) for i in done)}."))
+
+
+@outbox_app.command("cancel")
+def outbox_cancel(
+    oid: Annotated[int, typer.Argument(help="Outbox entry id.")],
+) -> None:
+    """Cancel a queued or failed mail: it is never sent; the ticket shows it as cancelled."""
+    import getpass
+
+    from mail_sync.outbox import cancel_outbox
+
+    run(lambda db: cancel_outbox(db, oid, who=getpass.getuser()))
+    out.print(Text(f"Outbox entry {oid} cancelled; it will not be sent."))
 
 
 # --------------------------------------------------------------------------- sync

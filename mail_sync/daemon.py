@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -19,12 +20,14 @@ from mail_sync.accounts import AccountInfo, get_account, list_accounts
 from mail_sync.engine import Progress, SyncEngine, SyncSettings, describe
 from store.config import Config
 from store.engine import Database, StoreError
-from store.models import Setting
+from store.models import utcnow
 from store.service import Service
 
 log = logging.getLogger("helpdesk.mail.daemon")
 
 LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
+#: On shutdown, the tick and outbox passes under way get this long to finish.
+HELPER_GRACE = 30.0
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -91,6 +94,11 @@ async def _tick_loop(service: Service, stop: asyncio.Event, interval: float) -> 
             fired = await rules.run_time_rules(service, service.clock())
             if fired:
                 log.info("event=time-rules fired=%d", len(fired))
+            from mail_sync import csat
+
+            queued = await csat.queue_surveys(service.db, service.clock())
+            if queued:
+                log.info("event=csat-surveys queued=%d", queued)
             if result["woken"] or result["closed"]:
                 log.info(
                     "event=tick woken=%d closed=%d", len(result["woken"]), len(result["closed"])
@@ -101,17 +109,25 @@ async def _tick_loop(service: Service, stop: asyncio.Event, interval: float) -> 
             await asyncio.wait_for(stop.wait(), timeout=interval)
 
 
-async def _outbox_loop(db: Database, stop: asyncio.Event, interval: float) -> None:
-    """Deliver queued replies when an SMTP server is configured (Setting 'smtp')."""
-    from mail_sync.outbox import OutboxSender
+async def _outbox_loop(
+    db: Database, stop: asyncio.Event, interval: float, clock: Callable[[], datetime] = utcnow
+) -> None:
+    """Deliver queued mail (and owed Sent-folder copies) when an SMTP server is configured
+    (Setting 'smtp', `helpdesk mail smtp set`); the configuration is re-read every pass."""
+    from mail_sync.outbox import OutboxSender, load_config
 
+    warned = False
     while not stop.is_set():
         try:
             async with db.read() as session:
-                row = await session.get(Setting, "smtp")
-            if row is not None and isinstance(row.value, dict) and row.value.get("host"):
-                sender = await OutboxSender.from_store(db)
-                counts = await sender.send_due()
+                cfg = await load_config(session)
+            if cfg is None:
+                if not warned:
+                    log.info("event=outbox-off hint=%r", "helpdesk mail smtp set --host ...")
+                    warned = True
+            else:
+                warned = False
+                counts = await OutboxSender(db, cfg, clock=clock).send_due()
                 if any(counts.values()):
                     log.info(
                         "event=outbox sent=%d retry=%d failed=%d",
@@ -160,7 +176,9 @@ async def run_daemon(
     helpers = [asyncio.create_task(_tick_loop(service, stop_event, tick_interval), name="tick")]
     if send_outbox:
         helpers.append(
-            asyncio.create_task(_outbox_loop(db, stop_event, outbox_interval), name="outbox")
+            asyncio.create_task(
+                _outbox_loop(db, stop_event, outbox_interval, service.clock), name="outbox"
+            )
         )
 
     def start(acct: AccountInfo) -> None:
@@ -214,6 +232,9 @@ async def run_daemon(
             running[name].stop.set()
         await asyncio.gather(*(r.task for r in running.values()), return_exceptions=True)
         running.clear()
+        # Let a pass in progress finish (a mail being sent is recorded as sent, not left
+        # "sending" for the uncertainty window); stop waiting after HELPER_GRACE seconds.
+        await asyncio.wait(helpers, timeout=HELPER_GRACE)
         for h in helpers:
             h.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
