@@ -50,6 +50,14 @@ class HelpdeskApp(App[None]):
         Binding(
             "q", "go_back", "Back", id="app.back", tooltip="Leave this screen; on the queue, quit"
         ),
+        Binding(
+            "D",
+            "dashboard",
+            "Dashboard",
+            id="app.dashboard",
+            show=False,
+            tooltip="The team report: figures, charts, per queue and agent",
+        ),
     ]
 
     def __init__(
@@ -157,6 +165,22 @@ class HelpdeskApp(App[None]):
         if isinstance(self.screen, HelpScreen):
             return
         self.push_screen(HelpScreen.for_screen(self.screen))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "dashboard":
+            # Not over a dialog; on the dashboard itself `D` does nothing.
+            from helpdesk_tui.screens.dashboard import DashboardScreen
+
+            return not isinstance(self.screen, ModalScreen | DashboardScreen)
+        return True
+
+    def action_dashboard(self) -> None:
+        """Open the report dashboard (from the queue, a ticket or the palette)."""
+        from helpdesk_tui.screens.dashboard import DashboardScreen
+
+        if isinstance(self.screen, ModalScreen | DashboardScreen):
+            return
+        self.push_screen(DashboardScreen())
 
     async def action_go_back(self) -> None:
         """Close a dialog, leave a screen, or quit from the first screen."""

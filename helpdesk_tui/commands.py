@@ -133,3 +133,8 @@ class HelpdeskCommands(ActionProvider):
         yield PaletteCommand(
             "Back / quit", "Leave this screen (quit from the queue)", _runner(app, "go_back")
         )
+        yield PaletteCommand(
+            "Dashboard: team report",
+            "Figures, charts, per queue and agent for a period (D)",
+            _runner(app, "dashboard"),
+        )
