@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, func, insert, select, text
 
+from store import search_index
 from store.models import (
     Agent,
     Article,
@@ -307,7 +308,8 @@ async def seed_demo(
     aid = aid0
     done = 0
     for start in range(0, tickets, batch):
-        t_rows, a_rows, tag_rows, fts_t, fts_a = [], [], [], [], []
+        t_rows, a_rows, tag_rows = [], [], []
+        docs: list[search_index.TicketDocument] = []
         for i in range(start, min(tickets, start + batch)):
             tid = tid0 + i + 1
             cid = base_cid + 1 + rnd.randrange(n_customers)
@@ -359,8 +361,6 @@ async def seed_demo(
                     "next_due_at": None,
                 }
             )
-            if sqlite:
-                fts_t.append({"id": tid, "subject": th[1]})
             bodies = [
                 ("email_in", th[2]),
                 ("email_out", th[3]),
@@ -393,8 +393,11 @@ async def seed_demo(
                         "delivery_status": "sent" if kind == "email_out" else None,
                     }
                 )
-                if sqlite:
-                    fts_a.append({"id": aid, "body": body, "tid": tid})
+            docs.append(
+                search_index.TicketDocument(
+                    tid, th[1], search_index.ARTICLE_SEPARATOR.join(b for _k, b in bodies if b)
+                )
+            )
             if rnd.random() < 0.3:
                 tag_rows.append({"ticket_id": tid, "tag_id": rnd.choice(tag_ids)})
         async with service.db.write() as s:
@@ -402,19 +405,12 @@ async def seed_demo(
             await s.execute(insert(_table(Article)), a_rows)
             if tag_rows:
                 await s.execute(insert(_table(TicketTag)), tag_rows)
-            if sqlite:
-                await s.execute(
-                    text("INSERT INTO ticket_fts(rowid, subject) VALUES (:id, :subject)"), fts_t
-                )
-                await s.execute(
-                    text(
-                        "INSERT INTO article_fts(rowid, body, ticket_id) VALUES (:id, :body, :tid)"
-                    ),
-                    fts_a,
-                )
+            await search_index.index_new_tickets(s, service.db.dialect, docs)
         done += len(t_rows)
         if progress:
             progress(done, tickets)
+    async with service.db.write() as s:
+        await search_index.optimize(s, service.db.dialect)
     if not sqlite:
         async with service.db.write() as s:
             for table in ("tickets", "articles", "customers"):

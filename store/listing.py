@@ -36,6 +36,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store.models import Agent, Customer, Queue, Tag, Ticket, TicketTag, UTCDateTime
+from store.query import plan_search
 
 if TYPE_CHECKING:
     _AnySelect = Select[*tuple[Any, ...]]
@@ -362,10 +363,22 @@ async def list_page(
     precede it, the first page is returned instead (so a page is always full when it
     can be). ``order="relevance"`` needs `rank` (`store.query.rank_subquery`).
     `prev_cursor` is None only on the first page; `next_cursor` None on the last.
+    Full-text conditions in `where` get the SQL form `store.query.plan_search` picks.
     """
     _check(limit, after, before, order)
     if order == "relevance":
         return await _relevance_page(session, where, rank, after, before, limit)
+    return await _list_page(session, await plan_search(session, where), order, after, before, limit)
+
+
+async def _list_page(
+    session: AsyncSession,
+    where: ColumnElement[bool],
+    order: str,
+    after: str | None,
+    before: str | None,
+    limit: int,
+) -> Page:
     spec = _ORDERS[order]
     dialect = _dialect(session)
     if before is not None:
@@ -375,7 +388,7 @@ async def list_page(
         )
         rows = await _rows(session, stmt)
         if len(rows) <= limit:
-            return await list_page(session, where, order=order, limit=limit)
+            return await _list_page(session, where, order, None, None, limit)
         rows = rows[:limit][::-1]
         return Page(
             _ticket_rows(rows),
@@ -410,6 +423,7 @@ async def last_page(
             session, where, rank, _offset_cursor(max(0, total - limit)), None, limit
         )
     spec = _ORDERS[order]
+    where = await plan_search(session, where)
     stmt = _keyset_select(
         where, spec, _dialect(session), cursor_key=None, backward=True, limit=limit + 1
     )
@@ -439,6 +453,7 @@ async def _relevance_page(
         start = _offset_from_cursor(after)
     else:
         start = 0
+    where = await plan_search(session, where)
     page = (
         select(Ticket.id.label("page_id"), rank.c.score)
         .join(rank, rank.c.ticket_id == Ticket.id)
@@ -463,6 +478,7 @@ async def count(
     session: AsyncSession, where: ColumnElement[bool], *, limit: int | None = None
 ) -> int:
     """How many tickets match `where`; with `limit`, counting stops there (show "1000+")."""
+    where = await plan_search(session, where, for_count=limit is None)
     if limit is None:
         stmt = select(func.count()).select_from(Ticket).where(where)
     else:

@@ -37,6 +37,7 @@ from sqlalchemy import (
     Integer,
     Subquery,
     and_,
+    any_,
     column,
     exists,
     false,
@@ -47,12 +48,14 @@ from sqlalchemy import (
     or_,
     select,
     table,
+    tablesample,
     text,
     true,
     union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.sql import visitors
 
 from store.models import (
     ACTIVE_STATUSES,
@@ -78,13 +81,19 @@ __all__ = [
     "Query",
     "QueryContext",
     "QueryError",
+    "SearchSpec",
     "Term",
     "Token",
     "analyze",
     "compile_where",
+    "count_matches",
     "describe",
+    "estimate_matches",
     "parse",
+    "plan_search",
     "rank_subquery",
+    "search_specs",
+    "search_sql",
     "tokens",
 ]
 
@@ -316,10 +325,10 @@ class QueryContext:
     me_agent_id: int | None
     now: datetime
     dialect: str = "sqlite"
-    #: Search terms (as FTS5 strings) known to match many texts: see `analyze`. For these
-    #: the list is scanned in its own order and each ticket probed, instead of collecting
-    #: every match first. Only used on SQLite; empty is always correct, just slower for
-    #: very common words.
+    #: Search terms (as FTS5 strings) known to match many tickets: see `analyze`. For these
+    #: `compile_where` writes the probing SQL (the list is walked in its own order and each
+    #: ticket checked) instead of collecting every match first. Empty is always correct;
+    #: `store.listing` re-plans every search itself (`plan_search`).
     frequent_text: frozenset[str] = frozenset()
 
 
@@ -828,9 +837,14 @@ def describe(query: Query, ctx: QueryContext) -> list[str]:
 
 # --- compiling --------------------------------------------------------------------------
 
-_TICKET_FTS = table("ticket_fts", column("rowid", Integer))
-_ARTICLE_FTS = table("article_fts", column("rowid", Integer), column("ticket_id", Integer))
+#: The per-ticket search documents (see `store.search_index`).
+_FTS = table("ticket_search", column("rowid", Integer))
+_PG_SEARCH = table("ticket_search", column("ticket_id", Integer), column("tsv"))
 _PG_SIMPLE = "'simple'::regconfig"
+#: ts_rank weights {D, C, B, A}: the subject ('A') counts double the bodies ('D').
+_PG_WEIGHTS = "'{0.5, 0.5, 0.5, 1.0}'::float4[]"
+#: The annotation `compile_where` puts on each full-text condition, for `plan_search`.
+SEARCH_ANNOTATION = "helpdesk_search"
 _IntColumn = ColumnElement[int] | InstrumentedAttribute[int]
 
 
@@ -848,37 +862,82 @@ def _pg_tsquery(term: Term) -> ColumnElement[object]:
     return func.phraseto_tsquery(literal_column(_PG_SIMPLE), literal(term.value))
 
 
+def _fts5_match(terms: Sequence[Term]) -> str:
+    """All `terms` ANDed as one FTS5 query (FTS5 intersects the document lists itself)."""
+    return " ".join(_fts5_string(t) for t in terms)
+
+
+def _pg_match(terms: Sequence[Term]) -> ColumnElement[object]:
+    tsq = _pg_tsquery(terms[0])
+    for t in terms[1:]:
+        tsq = tsq.op("&&")(_pg_tsquery(t))
+    return tsq
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A full-text condition of a compiled WHERE: tickets whose document has all `terms`.
+
+    `negated` when the WHERE keeps the tickets that do *not* match. `plan_search` reads
+    these from the annotations to pick the SQL form of each.
+    """
+
+    terms: tuple[Term, ...]
+    dialect: str
+    negated: bool = False
+
+    @property
+    def match(self) -> str:
+        """The FTS5 query text (SQLite), also the key used in `QueryContext.frequent_text`."""
+        return _fts5_match(self.terms)
+
+
+def search_sql(spec: SearchSpec, *, probe: bool) -> ColumnElement[bool]:
+    """The SQL for `spec` (true for matching tickets), annotated for `plan_search`.
+
+    ``probe=False`` ("collect"): ``tickets.id IN (every matching ticket)``; cheap when few
+    tickets match, and then the matches are sorted. ``probe=True``: a correlated EXISTS
+    that checks one ticket (one seek in the document lists per term); cheap per ticket, so
+    right for common words while a list is walked in its index order and stops after one
+    page.
+    """
+    if spec.dialect == "sqlite":
+        matches = literal_column("ticket_search").op("MATCH", is_comparison=True)(
+            literal(spec.match)
+        )
+        if probe:
+            cond: ColumnElement[bool] = exists(
+                select(literal(1)).select_from(_FTS).where(matches, _FTS.c.rowid == Ticket.id)
+            )
+        else:
+            cond = Ticket.id.in_(select(_FTS.c.rowid).where(matches))
+    else:
+        tsv: ColumnElement[Any] = _PG_SEARCH.c.tsv
+        matches = tsv.op("@@", is_comparison=True)(_pg_match(spec.terms))
+        # PostgreSQL's estimate for a word is a flat guess (0.5% of rows), so it would walk
+        # the list for a rare word (seconds) or collect for a common one. Both forms are
+        # written so the planner cannot turn them into a join it chooses itself: OFFSET 0
+        # keeps the EXISTS a per-row check, and ARRAY(...) collects once (an InitPlan)
+        # and then fetches the matches by primary key.
+        if probe:
+            cond = exists(
+                select(literal(1))
+                .select_from(_PG_SEARCH)
+                .where(_PG_SEARCH.c.ticket_id == Ticket.id, matches)
+                .offset(0)
+            )
+        else:
+            ids = select(_PG_SEARCH.c.ticket_id).where(matches).scalar_subquery()
+            cond = Ticket.id == any_(func.array(ids))
+    return cond._annotate({SEARCH_ANNOTATION: spec})
+
+
 def _text_condition(term: Term, ctx: QueryContext) -> ColumnElement[bool] | None:
+    """A negated search term (positive ones are combined by `compile_where`)."""
     if not _has_token(term.value):
         return None  # nothing a search index would see (punctuation only)
-    if ctx.dialect == "sqlite":
-        fts = _fts5_string(term)
-        match = literal(fts)
-        in_subject = select(_TICKET_FTS.c.rowid).where(
-            literal_column("ticket_fts").op("MATCH", is_comparison=True)(match)
-        )
-        article_ids = select(_ARTICLE_FTS.c.rowid).where(
-            literal_column("article_fts").op("MATCH", is_comparison=True)(match)
-        )
-        if fts in ctx.frequent_text:
-            # Many matches: probe each ticket of the list (in list order) against the
-            # matching article ids, rather than turning every match into a ticket id.
-            return or_(
-                Ticket.id.in_(in_subject),
-                exists().where(Article.ticket_id == Ticket.id, Article.id.in_(article_ids)),
-            )
-        # Few matches (the usual search): collect the matching tickets, then sort them.
-        in_body = select(Article.ticket_id).where(Article.id.in_(article_ids))
-        return or_(Ticket.id.in_(in_subject), Ticket.id.in_(in_body))
-    tsq = _pg_tsquery(term)
-    ticket_tsv: ColumnElement[Any] = literal_column("tickets.search_tsv")
-    article_tsv: ColumnElement[Any] = literal_column("articles.search_tsv")
-    return or_(
-        ticket_tsv.op("@@", is_comparison=True)(tsq),
-        Ticket.id.in_(
-            select(Article.ticket_id).where(article_tsv.op("@@", is_comparison=True)(tsq))
-        ),
-    )
+    spec = SearchSpec((term,), ctx.dialect, negated=term.negated)
+    return search_sql(spec, probe=spec.match in ctx.frequent_text)
 
 
 def _ordinal_condition(term: Term, col: _IntColumn) -> ColumnElement[bool]:
@@ -1051,19 +1110,31 @@ def compile_where(query: Query, ctx: QueryContext) -> ColumnElement[bool]:
     Positive terms of one key OR together (``status:open status:pending``), except
     comparisons and ``is:``/``has:`` flags, which AND; negated terms and full-text words
     always AND. A negated term is NULL-safe: ``-assignee:alice`` keeps unassigned tickets.
+    All positive full-text words and phrases become one search condition (each must
+    occur in the ticket's subject or in one of its articles); `plan_search` may rewrite
+    its SQL form, never its meaning.
     """
     groups: dict[str, list[ColumnElement[bool]]] = {}
     conds: list[ColumnElement[bool]] = []
+    words: list[Term] = []
     for term in query.terms:
+        if term.is_text and not term.negated:
+            if _has_token(term.value):
+                words.append(term)
+            continue
         cond = _term_condition(term, ctx)
         if cond is None:
             continue
         if term.negated:
             conds.append(not_(func.coalesce(cond, false())))
-        elif term.is_text or term.key in _AND_KEYS or term.op not in ("=", ".."):
+        elif term.key in _AND_KEYS or term.op not in ("=", ".."):
             conds.append(cond)
         else:
             groups.setdefault(term.key, []).append(cond)
+    if words:
+        spec = SearchSpec(tuple(words), ctx.dialect)
+        frequent = all(_fts5_string(t) in ctx.frequent_text for t in words)
+        conds.insert(0, search_sql(spec, probe=frequent))
     for group in groups.values():
         conds.append(group[0] if len(group) == 1 else or_(*group))
     if not conds:
@@ -1071,78 +1142,174 @@ def compile_where(query: Query, ctx: QueryContext) -> ColumnElement[bool]:
     return conds[0] if len(conds) == 1 else and_(*conds)
 
 
-#: An FTS5 term matching at least this many subjects or articles counts as frequent.
+#: A search matching at least this many tickets counts as frequent (see `plan_search`).
 FREQUENT_MATCHES = 5000
+
+
+async def count_matches(session: AsyncSession, spec: SearchSpec, cap: int) -> int:
+    """How many tickets match `spec`'s words, counting no further than `cap`.
+
+    Reads only the index's document lists and stops at `cap`: well under a millisecond
+    for rare words, about a millisecond per 10,000 matches for common ones.
+    """
+    if spec.dialect == "sqlite":
+        stmt = text(
+            "SELECT count(*) FROM (SELECT 1 FROM ticket_search "
+            "WHERE ticket_search MATCH :q LIMIT :cap)"
+        ).bindparams(q=spec.match, cap=cap)
+        return int((await session.execute(stmt)).scalar_one())
+    tsv: ColumnElement[Any] = _PG_SEARCH.c.tsv
+    hits = (
+        select(literal(1))
+        .select_from(_PG_SEARCH)
+        .where(tsv.op("@@", is_comparison=True)(_pg_match(spec.terms)))
+        .limit(cap)
+        .subquery("hits")
+    )
+    return int((await session.execute(select(func.count()).select_from(hits))).scalar_one())
+
+
+#: PostgreSQL: about how many search documents `estimate_matches` samples.
+PG_SAMPLE = 2000
+
+
+async def estimate_matches(session: AsyncSession, spec: SearchSpec, cap: int) -> int:
+    """Roughly how many tickets match `spec` (exact up to `cap` on SQLite).
+
+    SQLite counts in the FTS5 document lists (`count_matches`). On PostgreSQL that count
+    needs a GIN bitmap of every match (20 ms at 100,000 matches, 100 ms at 500,000), so a
+    large table is sampled instead: about `PG_SAMPLE` documents from random blocks
+    (``TABLESAMPLE SYSTEM``, not the newest tickets: a word that only recent tickets
+    have would look common there), and the share that match is scaled to the table.
+    """
+    if spec.dialect == "sqlite":
+        return await count_matches(session, spec, cap)
+    rows = (
+        await session.execute(
+            text("SELECT reltuples FROM pg_class WHERE oid = 'ticket_search'::regclass")
+        )
+    ).scalar()
+    total = float(rows or 0)
+    if total < 50 * PG_SAMPLE:  # small (or never analysed): counting is cheap
+        return await count_matches(session, spec, cap)
+    percent = round(100.0 * PG_SAMPLE / total, 4)
+    sample = tablesample(_PG_SEARCH, func.system(literal_column(repr(percent))), name="sample")
+    tsv: ColumnElement[Any] = sample.c.tsv
+    matches = tsv.op("@@", is_comparison=True)(_pg_match(spec.terms))
+    stmt = select(func.count(), func.count().filter(matches)).select_from(sample)
+    sampled, hits = (await session.execute(stmt)).one()
+    if not sampled:
+        return await count_matches(session, spec, cap)
+    return int(hits * total / sampled)
 
 
 async def analyze(
     session: AsyncSession, query: Query, ctx: QueryContext, *, threshold: int = FREQUENT_MATCHES
 ) -> QueryContext:
-    """`ctx` with `frequent_text` filled in for this query's search words (SQLite only).
+    """`ctx` with `frequent_text` filled in for this query's search words.
 
-    Counts each word's matches in the FTS5 indexes, stopping at `threshold` (reads only
-    the index's document lists: well under a millisecond for rare words, a few for common
-    ones). Call it before `compile_where` when the query has search words; the WHERE it
-    then compiles lists common words in milliseconds instead of seconds at 1M tickets.
+    A word or phrase matching at least `threshold` tickets is frequent: `compile_where`
+    then compiles it in the probing form. Optional: `plan_search` (called by
+    `store.listing` for every page) makes the same choice for the whole search.
     """
-    if ctx.dialect != "sqlite":
-        return ctx
     frequent = set(ctx.frequent_text)
     for term in query.terms:
         if not term.is_text or not _has_token(term.value):
             continue
-        fts = _fts5_string(term)
-        if fts in frequent:
-            continue
-        for fts_table in ("ticket_fts", "article_fts"):
-            hits = await session.execute(
-                text(
-                    f"SELECT count(*) FROM (SELECT 1 FROM {fts_table} "
-                    f"WHERE {fts_table} MATCH :q LIMIT :cap)"
-                ),
-                {"q": fts, "cap": threshold},
-            )
-            if int(hits.scalar_one()) >= threshold:
-                frequent.add(fts)
-                break
+        spec = SearchSpec((term,), ctx.dialect)
+        if (
+            spec.match not in frequent
+            and await count_matches(session, spec, threshold) >= threshold
+        ):
+            frequent.add(spec.match)
     return replace(ctx, frequent_text=frozenset(frequent))
+
+
+def search_specs(where: ColumnElement[bool]) -> list[SearchSpec]:
+    """The full-text conditions in a WHERE made by `compile_where`, in order."""
+    out: list[SearchSpec] = []
+    for elem in visitors.iterate(where):
+        spec = getattr(elem, "_annotations", {}).get(SEARCH_ANNOTATION)
+        if isinstance(spec, SearchSpec) and spec not in out:
+            out.append(spec)
+    return out
+
+
+async def plan_search(
+    session: AsyncSession,
+    where: ColumnElement[bool],
+    *,
+    for_count: bool = False,
+    threshold: int | None = None,
+) -> ColumnElement[bool]:
+    """`where` with each full-text condition in the SQL form that is fast for it.
+
+    For one page of a list (`store.listing`): a search matching fewer than `threshold`
+    (default `FREQUENT_MATCHES`) tickets by `estimate_matches` collects its matches and
+    sorts them (a few ms); a more frequent one is probed ticket by ticket while the list's
+    index is walked in order, which stops after a page (at 10% density, about 500
+    probes). The estimate is for all the words together, so common words that never
+    occur together count as rare (0 matches) and cost little.
+    Negated words are always probed: each candidate row checks one document. For
+    `for_count` (a full count) every condition collects its matches instead.
+    """
+    specs = search_specs(where)
+    if not specs:
+        return where
+    cap = FREQUENT_MATCHES if threshold is None else threshold
+    probe: dict[SearchSpec, bool] = {}
+    for spec in specs:
+        if for_count:
+            probe[spec] = False
+        elif any(t.op == "prefix" for t in spec.terms):
+            # FTS5 expands a prefix by merging every matching word's list, again for each
+            # probe: one collect is far cheaper than thousands of those.
+            probe[spec] = False
+        elif spec.negated:
+            probe[spec] = True
+        else:
+            probe[spec] = await estimate_matches(session, spec, cap) >= cap
+
+    def swap(element: Any, **_kw: Any) -> Any:
+        spec = getattr(element, "_annotations", {}).get(SEARCH_ANNOTATION)
+        if isinstance(spec, SearchSpec):
+            return search_sql(spec, probe=probe[spec])
+        return None
+
+    no_options: dict[str, Any] = {}
+    return visitors.replacement_traverse(where, no_options, swap)
 
 
 def rank_subquery(query: Query, ctx: QueryContext) -> Subquery | None:
     """A ``(ticket_id, score)`` relevance subquery (higher score = better), or None.
 
-    None when the query has no positive full-text term. Subject matches weigh double;
-    a ticket's score sums its subject's and its articles' scores (bm25 on SQLite,
-    ts_rank on PostgreSQL), so several matching articles rank higher.
+    None when the query has no positive full-text term. A ticket scores by how well its
+    whole document (subject and every article) matches any of the words, with words in
+    the subject counting double (bm25 on SQLite, ts_rank on PostgreSQL).
     """
     terms = [t for t in query.terms if t.is_text and not t.negated and _has_token(t.value)]
     if not terms:
         return None
     if ctx.dialect == "sqlite":
         match = literal(" OR ".join(_fts5_string(t) for t in terms))
-        subject = select(
-            _TICKET_FTS.c.rowid.label("ticket_id"),
-            (func.bm25(literal_column("ticket_fts")) * -2.0).label("score"),
-        ).where(literal_column("ticket_fts").op("MATCH", is_comparison=True)(match))
-        body = select(
-            _ARTICLE_FTS.c.ticket_id.label("ticket_id"),
-            (func.bm25(literal_column("article_fts")) * -1.0).label("score"),
-        ).where(literal_column("article_fts").op("MATCH", is_comparison=True)(match))
-    else:
-        tsq: ColumnElement[object] = _pg_tsquery(terms[0])
-        for t in terms[1:]:
-            tsq = tsq.op("||")(_pg_tsquery(t))
-        ticket_tsv: ColumnElement[Any] = literal_column("tickets.search_tsv")
-        article_tsv: ColumnElement[Any] = literal_column("articles.search_tsv")
-        subject = select(
-            Ticket.id.label("ticket_id"), (func.ts_rank(ticket_tsv, tsq) * 2.0).label("score")
-        ).where(ticket_tsv.op("@@", is_comparison=True)(tsq))
-        body = select(
-            Article.ticket_id.label("ticket_id"), func.ts_rank(article_tsv, tsq).label("score")
-        ).where(article_tsv.op("@@", is_comparison=True)(tsq))
-    both = union_all(subject, body).subquery("matches")
+        ts: ColumnElement[Any] = literal_column("ticket_search")
+        return (
+            select(
+                _FTS.c.rowid.label("ticket_id"),
+                (func.bm25(ts, 2.0, 1.0) * -1.0).label("score"),
+            )
+            .where(ts.op("MATCH", is_comparison=True)(match))
+            .subquery("relevance")
+        )
+    tsq: ColumnElement[object] = _pg_tsquery(terms[0])
+    for t in terms[1:]:
+        tsq = tsq.op("||")(_pg_tsquery(t))
+    tsv: ColumnElement[Any] = _PG_SEARCH.c.tsv
     return (
-        select(both.c.ticket_id, func.sum(both.c.score).label("score"))
-        .group_by(both.c.ticket_id)
+        select(
+            _PG_SEARCH.c.ticket_id.label("ticket_id"),
+            func.ts_rank(literal_column(_PG_WEIGHTS), tsv, tsq).label("score"),
+        )
+        .where(tsv.op("@@", is_comparison=True)(tsq))
         .subquery("relevance")
     )

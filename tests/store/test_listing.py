@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import ColumnElement, insert, select, text, true
+from sqlalchemy import ColumnElement, insert, select, true
 
 from store.engine import Database
 from store.listing import (
@@ -21,6 +21,7 @@ from store.listing import (
 )
 from store.models import Agent, Article, Customer, Queue, Tag, Ticket, TicketTag
 from store.query import QueryContext, compile_where, parse, rank_subquery
+from store.search_index import reindex_tickets
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 N = 300
@@ -76,10 +77,7 @@ async def seed(db: Database, n: int = N) -> None:
                 s.add(TicketTag(ticket_id=ticket_id, tag_id=urgent.id))
             if number % 5 == 0:
                 s.add(TicketTag(ticket_id=ticket_id, tag_id=vip.id))
-        if db.is_sqlite:
-            await s.execute(
-                text("INSERT INTO ticket_fts(rowid, subject) SELECT id, subject FROM tickets")
-            )
+        await reindex_tickets(s, db.dialect, ids.values())
 
 
 def sort_key(order: str) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
@@ -269,16 +267,7 @@ async def test_relevance(db: Database) -> None:
         )
         s.add(art)
         await s.flush()
-        if db.is_sqlite:
-            for t in (best, body_only):
-                await s.execute(
-                    text("INSERT INTO ticket_fts(rowid, subject) VALUES (:i, :s)"),
-                    {"i": t.id, "s": t.subject},
-                )
-            await s.execute(
-                text("INSERT INTO article_fts(rowid, body, ticket_id) VALUES (:a, :b, :t)"),
-                {"a": art.id, "b": art.body_text, "t": body_only.id},
-            )
+        await reindex_tickets(s, db.dialect, [best.id, body_only.id])
     ctx = QueryContext(me_agent_id=None, now=NOW, dialect=db.dialect)
     query = parse("alpha")
     where = compile_where(query, ctx)
