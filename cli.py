@@ -274,7 +274,7 @@ def tui(db: DbOpt = None, as_: AsOpt = None) -> None:
     """Open the agent console as the current Unix user (or --as LOGIN)."""
     login = me_login(as_)
 
-    async def check(service: Service) -> None:
+    async def check(service: Service) -> Any:
         try:
             await actor_for(service, login)
         except NotFoundError:
@@ -282,18 +282,19 @@ def tui(db: DbOpt = None, as_: AsOpt = None) -> None:
                 f"you ({login}) are not an agent of this helpdesk; an admin can add you with "
                 f'`helpdesk agent add {login} --name "Your Name"`'
             ) from None
+        return await service.agent(login)
 
-    run(db, check)
-    launch_console(db, login)
+    # One pass over the store checks the schema and the agent and loads "me" (cold start).
+    launch_console(db, login, agent=run(db, check))
 
 
-def launch_console(db: str | None, login: str) -> None:
+def launch_console(db: str | None, login: str, agent: Any = None) -> None:
     from helpdesk_tui.app import HelpdeskApp
 
     cfg = config_for(db)
     database = Database(cfg.db_url)
     service = Service(database)
-    me = asyncio.run(_load_agent(service, login))
+    me = agent if agent is not None else asyncio.run(_load_agent(service, login))
     HelpdeskApp(service, me, cfg).run()
 
 

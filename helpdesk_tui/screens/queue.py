@@ -324,6 +324,8 @@ class QueueScreen(Screen[None]):
         self._counts_timer: Timer | None = None
         self._status_labels: dict[str, str] = {}
         self._orders: dict[str, str] = {}
+        #: The views sidebar (names, counts) is read once the first page is shown.
+        self._views_pending = False
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -373,7 +375,9 @@ class QueueScreen(Screen[None]):
         self.sidebar.select_key(self.view.key)
         self._apply_query()
         self.ticket_list.focus()
-        self._load_views()
+        # The views' counts read the whole store (a million tickets): they wait until the
+        # first page is on screen, so they do not compete with it for the two cores.
+        self._views_pending = True
         self._load_labels()
         self._refresh_presence()
 
@@ -459,6 +463,12 @@ class QueueScreen(Screen[None]):
     @on(TicketList.Loaded)
     def _list_changed(self) -> None:
         self._update_status()
+        self._start_views()
+
+    def _start_views(self) -> None:
+        if self._views_pending:
+            self._views_pending = False
+            self._load_views()
 
     @on(TicketList.MarksChanged)
     def _marks_changed(self) -> None:
@@ -467,6 +477,7 @@ class QueueScreen(Screen[None]):
     @on(TicketList.LoadFailed)
     def _load_failed(self, event: TicketList.LoadFailed) -> None:
         notify_safe(self, event.error, title="Could not read tickets", severity="error")
+        self._start_views()
 
     @on(TicketList.Opened)
     def _open(self, event: TicketList.Opened) -> None:

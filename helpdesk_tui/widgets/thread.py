@@ -26,6 +26,11 @@ KIND_LABELS = {
     "system": "SYSTEM",
 }
 
+#: Entries of a long thread mounted before the first paint: the newest ones, enough to fill
+#: a tall terminal (the thread opens on the newest entry). The older ones are mounted above
+#: them right after, so a 50-entry ticket paints as fast as a short one.
+FIRST_BATCH = 8
+
 DELIVERY_LABELS = {
     "queued": "queued for delivery",
     "sent": "sent",
@@ -147,15 +152,24 @@ def render_article(info: ArticleInfo, *, show_quotes: bool, now: datetime | None
     """
     when = format_moment(info.created_at, now)
     if info.kind == "system":
-        return Content.assemble(("· ", "dim"), (info.body.strip(), "dim italic"), (f"  {when}", "dim"))
+        return Content.assemble(
+            ("· ", "dim"), (info.body.strip(), "dim italic"), (f"  {when}", "dim")
+        )
     parts: list[str | tuple[str, str]] = []
     if info.kind == "email_out":
-        parts += [(info.author or "agent", "bold"), (" → ", "dim"), (info.to_addrs or "(no recipient)", "")]
+        parts += [
+            (info.author or "agent", "bold"),
+            (" → ", "dim"),
+            (info.to_addrs or "(no recipient)", ""),
+        ]
         if info.cc_addrs:
             parts += [("  cc ", "dim"), (info.cc_addrs, "")]
     elif info.kind == "note":
-        parts += [("Internal note by ", "$warning"), (info.author or "agent", "bold $warning"),
-                  (" — not visible to the customer", "$warning")]
+        parts += [
+            ("Internal note by ", "$warning"),
+            (info.author or "agent", "bold $warning"),
+            (" — not visible to the customer", "$warning"),
+        ]
     else:
         parts += [(info.author or "(unknown sender)", "bold")]
         if info.cc_addrs:
@@ -178,7 +192,10 @@ def render_article(info: ArticleInfo, *, show_quotes: bool, now: datetime | None
         else:
             count = info.quoted_lines
             noun = "line" if count == 1 else "lines"
-            parts += [("\n\n", ""), (f"▸ {count} quoted {noun} hidden (T shows them)", "dim italic")]
+            parts += [
+                ("\n\n", ""),
+                (f"▸ {count} quoted {noun} hidden (T shows them)", "dim italic"),
+            ]
     for att in info.attachments:
         parts += [
             ("\n", ""),
@@ -291,22 +308,70 @@ class ThreadView(VerticalScroll, can_focus=True):
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("j,down", "scroll_lines(1)", "Down", show=False, id="thread.down",
-                tooltip="Scroll the thread down a line"),
-        Binding("k,up", "scroll_lines(-1)", "Up", show=False, id="thread.up",
-                tooltip="Scroll the thread up a line"),
-        Binding("ctrl+d", "half_page(1)", "Half page down", show=False, id="thread.half_down",
-                tooltip="Scroll down half a screen"),
-        Binding("ctrl+u", "half_page(-1)", "Half page up", show=False, id="thread.half_up",
-                tooltip="Scroll up half a screen"),
-        Binding("g,home", "scroll_home", "Top", show=False, id="thread.top",
-                tooltip="Go to the first entry"),
-        Binding("G,end", "scroll_end", "Bottom", show=False, id="thread.bottom",
-                tooltip="Go to the end of the thread"),
-        Binding("right_square_bracket", "jump(1)", "Next entry", show=False, id="thread.next",
-                tooltip="Jump to the next entry"),
-        Binding("left_square_bracket", "jump(-1)", "Previous entry", show=False,
-                id="thread.previous", tooltip="Jump to the previous entry"),
+        Binding(
+            "j,down",
+            "scroll_lines(1)",
+            "Down",
+            show=False,
+            id="thread.down",
+            tooltip="Scroll the thread down a line",
+        ),
+        Binding(
+            "k,up",
+            "scroll_lines(-1)",
+            "Up",
+            show=False,
+            id="thread.up",
+            tooltip="Scroll the thread up a line",
+        ),
+        Binding(
+            "ctrl+d",
+            "half_page(1)",
+            "Half page down",
+            show=False,
+            id="thread.half_down",
+            tooltip="Scroll down half a screen",
+        ),
+        Binding(
+            "ctrl+u",
+            "half_page(-1)",
+            "Half page up",
+            show=False,
+            id="thread.half_up",
+            tooltip="Scroll up half a screen",
+        ),
+        Binding(
+            "g,home",
+            "scroll_home",
+            "Top",
+            show=False,
+            id="thread.top",
+            tooltip="Go to the first entry",
+        ),
+        Binding(
+            "G,end",
+            "scroll_end",
+            "Bottom",
+            show=False,
+            id="thread.bottom",
+            tooltip="Go to the end of the thread",
+        ),
+        Binding(
+            "right_square_bracket",
+            "jump(1)",
+            "Next entry",
+            show=False,
+            id="thread.next",
+            tooltip="Jump to the next entry",
+        ),
+        Binding(
+            "left_square_bracket",
+            "jump(-1)",
+            "Previous entry",
+            show=False,
+            id="thread.previous",
+            tooltip="Jump to the previous entry",
+        ),
     ]
 
     #: The entries to show, oldest first (pushed down by the ticket screen).
@@ -334,7 +399,7 @@ class ThreadView(VerticalScroll, can_focus=True):
                 if view.info != info:
                     view.now = self.now
                     view.info = info
-            added = [self._view(info) for info in new[len(old_ids):]]
+            added = [self._view(info) for info in new[len(old_ids) :]]
             if added:
                 self.mount_all(added)
             return
@@ -343,10 +408,38 @@ class ThreadView(VerticalScroll, can_focus=True):
         self.query_one("#thread-empty").display = not new
         if not new:
             return
-        self.mount_all([self._view(info) for info in new])
         if not self._opened:
             self._opened = True
-            self.call_after_refresh(self.scroll_to_latest)
+            self.mount_all([self._view(info) for info in new[-FIRST_BATCH:]])
+            self.call_after_refresh(self._opened_on_latest, new)
+            return
+        self.mount_all([self._view(info) for info in new])
+
+    def _opened_on_latest(self, articles: tuple[ArticleInfo, ...]) -> None:
+        self.scroll_to_latest()
+        if len(articles) > FIRST_BATCH:
+            self.call_after_refresh(self._mount_older, articles)
+
+    async def _mount_older(self, articles: tuple[ArticleInfo, ...]) -> None:
+        """Mount the entries the first paint left out, above, keeping what is on screen."""
+        views = list(self.query_children(ArticleView))
+        if self.articles is not articles or not views:
+            return  # reloaded meanwhile: the whole thread was mounted again
+        older = articles[: len(articles) - len(views)]
+        if not older:
+            return
+        from_bottom = self.max_scroll_y - self.scroll_y
+        if from_bottom <= 0:
+            # At the end (the usual case): the anchor keeps it there through the layout.
+            self.anchor()
+            await self.mount_all([self._view(info) for info in older], before=views[0])
+            self.call_after_refresh(self.anchor, False)
+        else:
+            await self.mount_all([self._view(info) for info in older], before=views[0])
+            self.call_after_refresh(self._keep_from_bottom, from_bottom)
+
+    def _keep_from_bottom(self, from_bottom: float) -> None:
+        self.scroll_to(y=max(0, self.max_scroll_y - from_bottom), animate=False, immediate=True)
 
     def _view(self, info: ArticleInfo) -> ArticleView:
         return ArticleView(info, show_quotes=self.show_quotes, now=self.now)
@@ -368,8 +461,9 @@ class ThreadView(VerticalScroll, can_focus=True):
         self.scroll_relative(y=lines, animate=False)
 
     def action_half_page(self, direction: int) -> None:
-        self.scroll_relative(y=direction * max(1, self.scrollable_content_region.height // 2),
-                             animate=False)
+        self.scroll_relative(
+            y=direction * max(1, self.scrollable_content_region.height // 2), animate=False
+        )
 
     def action_scroll_home(self) -> None:
         self.scroll_home(animate=False)

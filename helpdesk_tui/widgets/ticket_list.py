@@ -512,67 +512,62 @@ class TicketList(ScrollView, can_focus=True):
 
     @work(exclusive=True, group="ticket-list-tail", exit_on_error=False)
     async def _extend_tail(self, generation: int) -> None:
-        assert self._source is not None
-        cursor = self._pages[-1].next_cursor
-        try:
-            page = await self._source.after(cursor, PAGE_SIZE)
-        except Exception as exc:
-            self.post_message(self.LoadFailed(self, str(exc)))
-            return
-        finally:
-            self._extending.discard("tail")
-        if (
-            generation != self._generation
-            or not self._pages
-            or self._pages[-1].next_cursor != cursor
-        ):
-            return
-        # Live changes can move a ticket across the boundary: never show one twice.
-        held = {row.id for row in self._rows}
-        fresh = [row for row in page.rows if row.id not in held]
-        pages = [*self._pages, _Page(fresh, page.prev_cursor, page.next_cursor)]
-        dropped = 0
-        while sum(len(p.rows) for p in pages) > MAX_ROWS and len(pages) > 2:
-            dropped += len(pages.pop(0).rows)
-        if page.next_cursor is None:
-            self._tail_gap = 0
-        elif self._tail_gap is not None:
-            self._tail_gap = None
-        if self._base is not None:
-            self._base += dropped
-        self._shift(pages, -dropped)
+        await self._extend_side(generation, tail=True)
 
     @work(exclusive=True, group="ticket-list-head", exit_on_error=False)
     async def _extend_head(self, generation: int) -> None:
+        await self._extend_side(generation, tail=False)
+
+    async def _extend_side(self, generation: int, *, tail: bool) -> None:
+        """Fetch the page beyond one edge of the window and merge it, dropping far pages."""
         assert self._source is not None
-        cursor = self._pages[0].prev_cursor
+        side = "tail" if tail else "head"
+        edge = self._pages[-1] if tail else self._pages[0]
+        cursor = edge.next_cursor if tail else edge.prev_cursor
         try:
-            page = await self._source.before(cursor, PAGE_SIZE)
+            if tail:
+                page = await self._source.after(cursor, PAGE_SIZE)
+            else:
+                page = await self._source.before(cursor, PAGE_SIZE)
         except Exception as exc:
             self.post_message(self.LoadFailed(self, str(exc)))
             return
         finally:
-            self._extending.discard("head")
-        if (
-            generation != self._generation
-            or not self._pages
-            or self._pages[0].prev_cursor != cursor
-        ):
+            self._extending.discard(side)
+        if generation != self._generation or not self._pages:
             return
-        # With fewer than a page above, the store answers with the first page, which can
-        # overlap the window; and live changes can move a ticket across the boundary.
+        now_edge = self._pages[-1] if tail else self._pages[0]
+        if (now_edge.next_cursor if tail else now_edge.prev_cursor) != cursor:
+            return  # the window moved meanwhile
+        # Live changes can move a ticket across the boundary, and with fewer than a page
+        # above the store answers with the first page: never show a ticket twice.
         held = {row.id for row in self._rows}
-        fresh = [row for row in page.rows if row.id not in held]
-        added = len(fresh)
-        pages = [_Page(fresh, page.prev_cursor, page.next_cursor), *self._pages]
+        fresh = _Page(
+            [row for row in page.rows if row.id not in held], page.prev_cursor, page.next_cursor
+        )
+        pages = [*self._pages, fresh] if tail else [fresh, *self._pages]
+        dropped = popped = 0
         while sum(len(p.rows) for p in pages) > MAX_ROWS and len(pages) > 2:
-            pages.pop()
-            self._tail_gap = None
-        if self._base is not None:
-            self._base = max(0, self._base - added)
-        if page.prev_cursor is None:
-            self._base = 0
-        self._shift(pages, added)
+            # Drop whole pages from the far side of the window.
+            dropped += len(pages.pop(0 if tail else -1).rows)
+            popped += 1
+        if tail:
+            if page.next_cursor is None:
+                self._tail_gap = 0
+            elif self._tail_gap is not None:
+                self._tail_gap = None
+            if self._base is not None:
+                self._base += dropped
+            self._shift(pages, -dropped)
+        else:
+            added = len(fresh.rows)
+            if popped:
+                self._tail_gap = None
+            if self._base is not None:
+                self._base = max(0, self._base - added)
+            if page.prev_cursor is None:
+                self._base = 0
+            self._shift(pages, added)
 
     def _shift(self, pages: list[_Page], delta: int) -> None:
         """Swap in a window whose rows moved by `delta` relative to the old one."""
