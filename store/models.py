@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncAttrs
@@ -85,6 +86,21 @@ ACTIVE_STATUSES: frozenset[Status] = frozenset(
     {Status.NEW, Status.OPEN, Status.ANSWERED, Status.PENDING, Status.ON_HOLD, Status.POSTPONED}
 )
 INACTIVE_STATUSES: frozenset[Status] = frozenset({Status.SOLVED, Status.CLOSED, Status.MERGED})
+
+
+def _sql_list(values: frozenset[Status]) -> str:
+    return ", ".join(f"'{v.value}'" for v in sorted(values))
+
+
+#: The audit rows of a reopen, as the partial index ``ix_audit_events_reopens`` states it.
+#: Queries must spell the condition with this exact text (literals, not parameters) for
+#: the databases to see that the index covers them.
+REOPEN_WHERE = (
+    "action = 'status' AND old_value IN ('closed', 'solved') "
+    f"AND new_value IN ({_sql_list(ACTIVE_STATUSES)})"
+)
+#: The audit rows of CSAT ratings, as the partial index ``ix_audit_events_csat`` states it.
+CSAT_WHERE = "action = 'csat'"
 
 
 class Priority(enum.IntEnum):
@@ -306,6 +322,8 @@ class Ticket(Base):
         # The "what to do next" order: priority desc, nearest due, longest waiting.
         Index("ix_tickets_next", "status", "priority", "next_due_at", "last_customer_at", "id"),
         Index("ix_tickets_postponed", "postponed_until"),
+        # Reports: tickets solved in a period (migration 0005).
+        Index("ix_tickets_solved", "solved_at"),
     )
 
     @property
@@ -348,7 +366,12 @@ class Article(Base):
     author_agent: Mapped[Agent | None] = relationship(lazy="joined")
     attachments: Mapped[list[Attachment]] = relationship(lazy="selectin", order_by="Attachment.id")
 
-    __table_args__ = (Index("ix_articles_ticket_created", "ticket_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_articles_ticket_created", "ticket_id", "created_at", "id"),
+        # A ticket's mails of one kind by time, read from the index alone: the reports'
+        # first-contact check and the SLA engine's latest agent reply (migration 0005).
+        Index("ix_articles_ticket_kind_created", "ticket_id", "kind", "created_at"),
+    )
 
     @property
     def internal(self) -> bool:
@@ -419,6 +442,26 @@ class AuditEvent(Base):
     old_value: Mapped[str | None] = mapped_column(Text)
     new_value: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        # CSAT ratings by time (reports; migration 0005). Partial, like the next one, so
+        # that the planner never prefers it for other actions.
+        Index(
+            "ix_audit_events_csat",
+            "created_at",
+            sqlite_where=text(CSAT_WHERE),
+            postgresql_where=text(CSAT_WHERE),
+        ),
+        # Only the reopens (a solved/closed ticket made active again): a tiny index that
+        # finds the reopened tickets without reading the audit log (migration 0005).
+        Index(
+            "ix_audit_events_reopens",
+            "created_at",
+            "ticket_id",
+            sqlite_where=text(REOPEN_WHERE),
+            postgresql_where=text(REOPEN_WHERE),
+        ),
+    )
 
 
 class Event(Base):

@@ -40,44 +40,54 @@ queue and assignee, and the breakdowns group by them too):
   when a customer answers the satisfaction mail); the latest rating of a ticket counts.
   Average and count.
 
-Speed: each query reads only the columns it needs with Core selects (never ORM objects):
-the tickets created in the period and those solved in it come back as plain numbers
-(epoch seconds, ids, flags), from which the hourly/daily series, medians and p90s are
-computed in Python in one pass; counts that need no per-ticket value (backlog at the
-bounds, merged tickets) are aggregated in SQL. On SQLite, ranges covering much of the
-table are read with a plain scan instead of an index (much faster there). A year on
-1,000,000 tickets is timed by ``bench/report_bench.py``.
+Speed (a year on 1,000,000 tickets is timed by ``bench/report_bench.py``): each query
+reads only the columns it needs with Core selects, and on SQLite the rows come straight
+from the driver as tuples. Times arrive as whole units (milliseconds on SQLite,
+microseconds on PostgreSQL; durations subtracted in SQL), hours of the day as UTC hour
+numbers, so Python only counts (``Counter`` over row slices, in C) and collects the
+durations per group in one loop. Ranges covering much of the table are read with a plain
+scan on SQLite (an index walk is much slower there); first-contact resolution is answered
+by the articles' (ticket, kind, time) index alone; reopens and CSAT ratings come from two
+small partial indexes (`store.models.REOPEN_WHERE`, `CSAT_WHERE`). The tickets created in
+the period are read on a second connection while the first does the rest, so the
+database's work uses both cores (the two read snapshots may be a moment apart).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
-from collections import defaultdict
+from bisect import bisect_right
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
-    Float,
+    Select,
     and_,
     case,
-    cast,
     func,
     literal,
     literal_column,
     or_,
     select,
+    text,
     true,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from store import businesstime as bt
-from store.engine import Database, StoreError
+from store.engine import Database, StoreError, sqlite_path
 from store.models import (
     ACTIVE_STATUSES,
+    CSAT_WHERE,
+    REOPEN_WHERE,
     Agent,
     Article,
     ArticleKind,
@@ -106,7 +116,6 @@ DEFAULT_DAYS = 30
 _ACTIVE = sorted(s.value for s in ACTIVE_STATUSES)
 _SOLVED = (Status.SOLVED.value, Status.CLOSED.value)
 _INACTIVE = (Status.SOLVED.value, Status.CLOSED.value, Status.MERGED.value)
-_UNIX_JD = 2440587.5  # julianday('1970-01-01')
 
 
 class ReportError(StoreError):
@@ -326,24 +335,127 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 # --- SQL helpers -------------------------------------------------------------------------
 
 
-def _epoch(col: Any, dialect: str) -> ColumnElement[float]:
-    """Seconds since 1970 (UTC) as a float, NULL for NULL."""
+def _per_second(dialect: str) -> int:
+    """Times come back from SQL as whole units: milliseconds on SQLite (its date functions
+    keep milliseconds), microseconds on PostgreSQL. Sums of whole units are exact."""
+    return 1000 if dialect == "sqlite" else 1_000_000
+
+
+def _name(col: Any) -> str:
+    return f"{col.table.name}.{col.name}"
+
+
+def _units_sql(expr: str, dialect: str) -> str:
     if dialect == "sqlite":
-        # julianday() keeps milliseconds; rounding drops the float noise of the day scale
-        return func.round((func.julianday(col) - _UNIX_JD) * 86400.0, 3)
-    return cast(func.extract("epoch", col), Float)
+        # round() without digits is cheap (with digits it formats text), and exact here:
+        # julianday() holds whole milliseconds and is off by far less than half of one.
+        return f"CAST(round((julianday({expr}) - 2440587.5) * 86400000.0) AS INTEGER)"
+    return f"CAST(round(extract(epoch FROM {expr}) * 1000000) AS BIGINT)"
+
+
+def _units(expr: str, dialect: str) -> ColumnElement[int]:
+    """The SQL datetime `expr` as whole time units since 1970 (UTC), NULL for NULL."""
+    return literal_column(_units_sql(expr, dialect), type_=BigInteger)
+
+
+def _span(start: Any, end: Any, dialect: str) -> ColumnElement[int]:
+    """``end - start`` (two columns) in time units, NULL when either is NULL."""
+    sql = f"{_units_sql(_name(end), dialect)} - {_units_sql(_name(start), dialect)}"
+    return literal_column(sql, type_=BigInteger)
+
+
+def _hour(col: Any, dialect: str) -> ColumnElement[int]:
+    """The UTC hour of `col`, counted in hours since 1970."""
+    if dialect == "sqlite":
+        sql = f"CAST({_units_sql(_name(col), dialect)} / 3600000.0 AS INTEGER)"
+    else:
+        sql = f"CAST(floor(extract(epoch FROM {_name(col)}) / 3600) AS BIGINT)"
+    return literal_column(sql, type_=BigInteger)
 
 
 def _plain(col: Any, dialect: str) -> Any:
     """`col` such that SQLite will not use an index for it (the unary ``+`` idiom)."""
     if dialect != "sqlite":
         return col
-    return literal_column(f"+{col.table.name}.{col.name}", type_=col.type)
+    return literal_column(f"+{_name(col)}", type_=col.type)
 
 
 def _end_expr() -> ColumnElement[datetime]:
     """When an inactive ticket ended (its last solve, else close, else its merge)."""
     return func.coalesce(Ticket.solved_at, Ticket.closed_at, Ticket.updated_at)
+
+
+_END_SQL = "coalesce(tickets.solved_at, tickets.closed_at, tickets.updated_at)"
+
+
+def _driver_sql(stmt: Select, dialect: Any) -> tuple[str, list[Any]]:
+    """The SQL text and positional, bind-processed parameters of `stmt`."""
+    compiled = stmt.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    values = compiled.construct_params()
+    params: list[Any] = []
+    for name in compiled.positiontup or ():
+        value = values[name]
+        bind = compiled.binds.get(name)  # (expanded IN values have none: plain strings)
+        process = bind.type.bind_processor(dialect) if bind is not None else None
+        params.append(process(value) if process is not None else value)
+    return compiled.string, params
+
+
+async def _fetch(conn: AsyncConnection, stmt: Select) -> list[Sequence[Any]]:
+    """All rows of `stmt`, as tuples.
+
+    On SQLite straight from the driver, inside the connection's transaction: SQLAlchemy's
+    Row objects would double the cost of reading a million rows.
+    """
+    if conn.dialect.name != "sqlite":
+        return list((await conn.execute(stmt)).all())
+    sql, params = _driver_sql(stmt, conn.dialect)
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection
+    return list(await driver.execute_fetchall(sql, params))
+
+
+async def _fetch_apart(db: Database, conn: AsyncConnection, stmt: Select) -> list[Sequence[Any]]:
+    """`_fetch` on another connection of the store (on `conn` for an in-memory SQLite).
+
+    A separate read transaction: its snapshot may be a moment apart from the other
+    queries', which a report over a period can live with.
+    """
+    if db.is_sqlite and sqlite_path(db.url) is None:
+        return await _fetch(conn, stmt)
+    async with db.read() as session:
+        return await _fetch(await session.connection(), stmt)
+
+
+def _aware(value: datetime | str) -> datetime:
+    if isinstance(value, str):  # SQLite aggregates lose the column type
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+async def _share(
+    conn: AsyncConnection, col: Any, lo: datetime | None, hi: datetime | None
+) -> float:
+    """Roughly which share of the tickets has `col` in ``[lo, hi)``.
+
+    From the column's smallest and largest values (two index probes) and an even spread:
+    enough to choose between an index range and a plain scan.
+    """
+    first, last = (await conn.execute(select(func.min(col), func.max(col)))).one()
+    if first is None or last is None:
+        return 0.0
+    first, last = _aware(first), _aware(last)
+    a = first if lo is None else max(first, lo)
+    b = last if hi is None else min(last, hi)
+    total = (last - first).total_seconds()
+    if total <= 0:
+        return 1.0 if a <= first <= b else 0.0
+    return max(0.0, (b - a).total_seconds()) / total
+
+
+#: Above this (estimated) share of the table SQLite reads a range by a plain scan: walking
+#: an index and then the table row by row is several times slower for big ranges.
+_SCAN_SHARE = 0.125
 
 
 # --- building ----------------------------------------------------------------------------
@@ -352,7 +464,7 @@ Key = tuple[int | None, int | None]  # (queue_id, assignee_id)
 
 
 class _Acc:
-    """Per-ticket values collected for one group before the figures are computed."""
+    """Per-group values collected before the figures are computed (durations in units)."""
 
     __slots__ = (
         "created",
@@ -370,8 +482,8 @@ class _Acc:
     def __init__(self) -> None:
         self.created = 0
         self.solved = 0
-        self.frt: list[float] = []
-        self.res: list[float] = []
+        self.frt: list[int] = []
+        self.res: list[int] = []
         self.fcr = 0
         self.sla_base = 0
         self.sla_met = 0
@@ -382,24 +494,24 @@ class _Acc:
     def add(self, other: _Acc) -> None:
         self.created += other.created
         self.solved += other.solved
-        self.frt.extend(other.frt)
-        self.res.extend(other.res)
+        self.frt += other.frt
+        self.res += other.res
         self.fcr += other.fcr
         self.sla_base += other.sla_base
         self.sla_met += other.sla_met
         self.ever_solved += other.ever_solved
         self.reopened += other.reopened
-        self.csat.extend(other.csat)
+        self.csat += other.csat
 
-    def figures(self, key: str, label: str, backlog: int) -> Figures:
+    def figures(self, key: str, label: str, backlog: int, per_hour: int) -> Figures:
         return Figures(
             key=key,
             label=label,
             created=self.created,
             solved=self.solved,
             backlog=backlog,
-            first_response=DurationStats.of(self.frt),
-            resolution=DurationStats.of(self.res),
+            first_response=_stats(self.frt, per_hour),
+            resolution=_stats(self.res, per_hour),
             fcr=Rate(self.fcr, self.solved),
             sla=Rate(self.sla_met, self.sla_base),
             reopen=Rate(self.reopened, self.ever_solved),
@@ -408,28 +520,44 @@ class _Acc:
         )
 
 
-class _Hours:
-    """Turns two epoch-second values into a duration in (business) hours."""
+def _stats(units: list[int], per_hour: int) -> DurationStats:
+    """`DurationStats` in hours of durations in whole time units (sorts `units` in place).
 
-    def __init__(self, calendar: bt.Calendar | None) -> None:
-        self.calendar = calendar
-        self._at: Any = None
+    The lists are concatenations of sorted per-group runs, which Python's (run-merging)
+    sort handles in near-linear time.
+    """
+    n = len(units)
+    if n == 0:
+        return DurationStats()
+    units.sort()
+    mid = n // 2
+    median = units[mid] if n % 2 else (units[mid - 1] + units[mid]) / 2
+    p90 = units[max(1, math.ceil(0.9 * n - 1e-9)) - 1]
+    return DurationStats(n, median / per_hour, sum(units) / n / per_hour, p90 / per_hour)
 
-    def prepare(self, lo: float, hi: float) -> None:
-        if self.calendar is None:
-            return
-        # The calendar's prefix-summed timeline (store.businesstime): one bisect per moment
-        # instead of building datetimes, which matters for a million tickets.
-        tl = bt._timeline(self.calendar)
-        tl.cover(int(lo * 1_000_000))
-        tl.cover(int(hi * 1_000_000))
-        self._at = tl.business_at
 
-    def between(self, a: float, b: float) -> float:
-        if self._at is None:
-            return (b - a) / 3600.0
-        at = self._at
-        return (at(int(b * 1_000_000)) - at(int(a * 1_000_000))) / 3_600_000_000
+def _business_at(calendar: bt.Calendar, per_second: int, lo: int, hi: int) -> Any:
+    """A function: moment in time units -> business microseconds since the timeline start.
+
+    The calendar's prefix-summed timeline (`store.businesstime`), covering `lo`..`hi`:
+    one bisect per moment instead of building datetimes, which matters for a million.
+    """
+    to_us = 1_000_000 // per_second
+    tl = bt._timeline(calendar)
+    tl.cover(lo * to_us)
+    tl.cover(hi * to_us)
+    starts, ends, cum = tl.starts, tl.ends, tl.cum
+    find = bisect_right
+
+    def at(moment: int) -> int:
+        us = moment * to_us
+        i = find(starts, us) - 1
+        if i < 0:
+            return 0
+        end = ends[i]
+        return cum[i] + (us if us < end else end) - starts[i]
+
+    return at
 
 
 async def _ids(session: AsyncSession, flt: ReportFilter) -> tuple[int | None, int | None]:
@@ -451,6 +579,222 @@ async def _ids(session: AsyncSession, flt: ReportFilter) -> tuple[int | None, in
     return queue_id, agent_id
 
 
+@dataclass
+class _Rows:
+    """What the queries of one report return (times in units, hours since 1970)."""
+
+    queues: dict[int, str]
+    agents: dict[int, str]
+    queue_id: int | None
+    agent_id: int | None
+    #: (queue, agent, ever solved, SLA breached 1/0/None, active at until, hour, then the
+    #: first response time; or, for business hours, created and first response moments)
+    created: list[Sequence[Any]]
+    #: (queue, agent) of the tickets created before `since` and active at `until`
+    older_active: list[Sequence[Any]]
+    #: (queue, agent, first-contact 1/0, hour, then the resolution time; or, for business
+    #: hours, created and solved moments)
+    solved: list[Sequence[Any]]
+    merged_ends: list[Sequence[Any]]
+    start_active: int
+    #: (ticket, at, id, action, old, new) status history of reopened tickets and CSAT rows
+    audit: list[Sequence[Any]]
+    #: ticket -> (queue, agent, created, solved now 1/0) for the tickets in `audit`
+    info: dict[int, tuple[int | None, int | None, int, int]]
+
+
+async def _query(
+    db: Database, flt: ReportFilter, since: datetime, until: datetime, now: datetime, wall: bool
+) -> _Rows:
+    dialect = db.dialect
+    async with db.read() as session:
+        queue_id, agent_id = await _ids(session, flt)
+        conn = await session.connection()
+        conds: list[ColumnElement[bool]] = []
+        if queue_id is not None:
+            conds.append(Ticket.queue_id == queue_id)
+        if agent_id is not None:
+            conds.append(Ticket.assignee_id == agent_id)
+        scope = and_(true(), *conds)
+        queues = {r[0]: r[1] for r in (await conn.execute(select(Queue.id, Queue.name)))}
+        agents = {r[0]: r[1] for r in (await conn.execute(select(Agent.id, Agent.login)))}
+
+        created_col: Any = Ticket.created_at
+        before_col: Any = Ticket.created_at
+        solved_col: Any = Ticket.solved_at
+        if dialect == "sqlite":
+            if await _share(conn, Ticket.created_at, since, until) > _SCAN_SHARE:
+                created_col = _plain(Ticket.created_at, dialect)
+            if await _share(conn, Ticket.created_at, None, since) > _SCAN_SHARE:
+                before_col = _plain(Ticket.created_at, dialect)
+            if await _share(conn, Ticket.solved_at, since, until) > _SCAN_SHARE:
+                solved_col = _plain(Ticket.solved_at, dialect)
+        status_col = _plain(Ticket.status, dialect)
+        end = _end_expr()
+        active_at_until = or_(status_col.not_in(_INACTIVE), end >= until)
+
+        # 1. Tickets created in the period: hour, first response, ever solved, SLA, and
+        # whether active at `until` (the backlog per group); and older ones active then.
+        has_sla = TicketSla.policy_id.is_not(None)
+        breached = or_(
+            TicketSla.breached == true(),
+            and_(Ticket.next_due_at.is_not(None), Ticket.next_due_at <= now),
+        )
+        times: list[Any] = (
+            [_span(Ticket.created_at, Ticket.first_response_at, dialect)]
+            if wall
+            else [
+                _units(_name(Ticket.created_at), dialect),
+                _units(_name(Ticket.first_response_at), dialect),
+            ]
+        )
+        created_stmt = (
+            select(
+                Ticket.queue_id,
+                Ticket.assignee_id,
+                case((Ticket.solved_at.is_not(None), 1), else_=0),
+                case((has_sla, case((breached, 1), else_=0)), else_=literal(None)),
+                case((active_at_until, 1), else_=0),
+                _hour(Ticket.created_at, dialect),
+                *times,
+            )
+            .select_from(Ticket)
+            .outerjoin(TicketSla, TicketSla.ticket_id == Ticket.id)
+            .where(created_col >= since, created_col < until, scope)
+        )
+        # The biggest read runs on a connection of its own while this one does the rest:
+        # the database's work (date parsing, index probes) then uses both cores.
+        created_task = asyncio.ensure_future(_fetch_apart(db, conn, created_stmt))
+        older_active = await _fetch(
+            conn,
+            select(Ticket.queue_id, Ticket.assignee_id).where(
+                before_col < since, active_at_until, scope
+            ),
+        )
+
+        # 2. Tickets solved in the period: resolution time and first-contact resolution
+        # (no mail from the customer or an agent after the first agent reply; the
+        # ticket/kind/time index answers that without reading articles).
+        later = (
+            select(Article.id)
+            .where(
+                Article.ticket_id == Ticket.id,
+                Article.kind.in_((ArticleKind.EMAIL_IN.value, ArticleKind.EMAIL_OUT.value)),
+                Article.created_at > Ticket.first_response_at,
+            )
+            .correlate(Ticket)
+            .exists()
+        )
+        fcr = case((and_(Ticket.first_response_at.is_not(None), ~later), 1), else_=0)
+        times = (
+            [_span(Ticket.created_at, Ticket.solved_at, dialect)]
+            if wall
+            else [
+                _units(_name(Ticket.created_at), dialect),
+                _units(_name(Ticket.solved_at), dialect),
+            ]
+        )
+        solved = await _fetch(
+            conn,
+            select(
+                Ticket.queue_id, Ticket.assignee_id, fcr, _hour(Ticket.solved_at, dialect), *times
+            ).where(status_col.in_(_SOLVED), solved_col >= since, solved_col < until, scope),
+        )
+        # Merged tickets leave the backlog too (few: the status index finds them).
+        merged_ends = await _fetch(
+            conn,
+            select(_units(_END_SQL, dialect)).where(
+                Ticket.status == Status.MERGED.value, end >= since, end < until, scope
+            ),
+        )
+
+        # 3. Active at `since`: the backlog's start.
+        start_active = int(
+            (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(Ticket)
+                    .where(
+                        before_col < since,
+                        or_(status_col.not_in(_INACTIVE), end >= since),
+                        scope,
+                    )
+                )
+            ).scalar_one()
+        )
+
+        # 4. The audit log: the status history of the tickets reopened since `since`
+        # (an earlier reopen changes nothing in the period; the partial index holds only
+        # reopens), and the CSAT ratings given in the period.
+        # (no DISTINCT: it would tempt SQLite to walk the ticket_id index instead)
+        reopened = sorted(
+            {
+                r[0]
+                for r in await _fetch(
+                    conn,
+                    select(AuditEvent.ticket_id).where(
+                        text(REOPEN_WHERE), AuditEvent.created_at >= since
+                    ),
+                )
+                if r[0] is not None
+            }
+        )
+        audit_cols = (
+            AuditEvent.ticket_id,
+            _units(_name(AuditEvent.created_at), dialect),
+            AuditEvent.id,
+            AuditEvent.action,
+            AuditEvent.old_value,
+            AuditEvent.new_value,
+        )
+        audit: list[Sequence[Any]] = []
+        for at in range(0, len(reopened), 10_000):
+            audit += await _fetch(
+                conn,
+                select(*audit_cols).where(
+                    AuditEvent.ticket_id.in_(reopened[at : at + 10_000]),
+                    AuditEvent.field == "status",
+                ),
+            )
+        audit += await _fetch(
+            conn,
+            select(*audit_cols).where(
+                text(CSAT_WHERE),  # literal: the partial index's condition
+                AuditEvent.created_at >= since,
+                AuditEvent.created_at < until,
+            ),
+        )
+        # The tickets they belong to, by primary key; the scope applies here.
+        info: dict[int, tuple[int | None, int | None, int, int]] = {}
+        wanted = sorted({r[0] for r in audit if r[0] is not None})
+        for at in range(0, len(wanted), 10_000):
+            for tid, q, a, c_u, solved_now in await _fetch(
+                conn,
+                select(
+                    Ticket.id,
+                    Ticket.queue_id,
+                    Ticket.assignee_id,
+                    _units(_name(Ticket.created_at), dialect),
+                    case((Ticket.solved_at.is_not(None), 1), else_=0),
+                ).where(Ticket.id.in_(wanted[at : at + 10_000]), scope),
+            ):
+                info[tid] = (q, a, c_u, solved_now)
+        created = await created_task
+    return _Rows(
+        queues=queues,
+        agents=agents,
+        queue_id=queue_id,
+        agent_id=agent_id,
+        created=created,
+        older_active=older_active,
+        solved=solved,
+        merged_ends=merged_ends,
+        start_active=start_active,
+        audit=audit,
+        info=info,
+    )
+
+
 async def build_report(
     db: Database,
     flt: ReportFilter,
@@ -468,234 +812,88 @@ async def build_report(
             f"empty period: {since:%Y-%m-%d %H:%M} is not before {until:%Y-%m-%d %H:%M}"
         )
     tz: tzinfo = calendar.tz if calendar is not None else UTC
-    dialect = db.dialect
-    hours = _Hours(calendar)
+    rows = await _query(db, flt, since, until, now, calendar is None)
 
-    async with db.read() as session:
-        queue_id, agent_id = await _ids(session, flt)
-        # Core execution: the ORM's row handling would cost seconds on a million rows.
-        conn = await session.connection()
-        conds: list[ColumnElement[bool]] = []
-        if queue_id is not None:
-            conds.append(Ticket.queue_id == queue_id)
-        if agent_id is not None:
-            conds.append(Ticket.assignee_id == agent_id)
-        scope = and_(true(), *conds)
-        queues = {r[0]: r[1] for r in (await conn.execute(select(Queue.id, Queue.name)))}
-        agents = {r[0]: r[1] for r in (await conn.execute(select(Agent.id, Agent.login)))}
-
-        # SQLite walks an index and then the table row by row even when most rows match;
-        # a plain scan is several times faster then, so big ranges do not offer the index.
-        created_col: Any = Ticket.created_at
-        if dialect == "sqlite":
-            span = int(
-                (
-                    await conn.execute(
-                        select(func.count()).where(
-                            Ticket.created_at >= since, Ticket.created_at < until
-                        )
-                    )
-                ).scalar_one()
-            )
-            total = int((await conn.execute(select(func.max(Ticket.id)))).scalar() or 0)
-            if span * 8 > total:
-                created_col = _plain(Ticket.created_at, dialect)
-        status_col = _plain(Ticket.status, dialect)
-        end = _end_expr()
-
-        # 1. Tickets created in the period: when, first response, ever solved, SLA.
-        has_sla = TicketSla.policy_id.is_not(None)
-        breached = or_(
-            TicketSla.breached == true(),
-            and_(Ticket.next_due_at.is_not(None), Ticket.next_due_at <= now),
-        )
-        created_rows = (
-            await conn.execute(
-                select(
-                    Ticket.queue_id,
-                    Ticket.assignee_id,
-                    _epoch(Ticket.created_at, dialect),
-                    _epoch(Ticket.first_response_at, dialect),
-                    case((Ticket.solved_at.is_not(None), 1), else_=0),
-                    case((has_sla, case((breached, 1), else_=0)), else_=literal(None)),
-                )
-                .select_from(Ticket)
-                .outerjoin(TicketSla, TicketSla.ticket_id == Ticket.id)
-                .where(created_col >= since, created_col < until, scope)
-            )
-        ).all()
-
-        # 2. Tickets solved in the period: resolution time and first-contact resolution
-        # (nothing from the customer or an agent after the first agent reply).
-        later = (
-            select(Article.id)
-            .where(
-                Article.ticket_id == Ticket.id,
-                Article.created_at > Ticket.first_response_at,
-                Article.kind.in_((ArticleKind.EMAIL_IN.value, ArticleKind.EMAIL_OUT.value)),
-            )
-            .correlate(Ticket)
-            .exists()
-        )
-        fcr = case((and_(Ticket.first_response_at.is_not(None), ~later), 1), else_=0)
-        solved_rows = (
-            await conn.execute(
-                select(
-                    Ticket.queue_id,
-                    Ticket.assignee_id,
-                    _epoch(Ticket.created_at, dialect),
-                    _epoch(Ticket.solved_at, dialect),
-                    fcr,
-                ).where(
-                    status_col.in_(_SOLVED),
-                    Ticket.solved_at >= since,
-                    Ticket.solved_at < until,
-                    scope,
-                )
-            )
-        ).all()
-        # Merged tickets leave the backlog too (few: the status index finds them).
-        merged_ends = (
-            await conn.execute(
-                select(_epoch(end, dialect)).where(
-                    Ticket.status == Status.MERGED.value, end >= since, end < until, scope
-                )
-            )
-        ).all()
-
-        # 3. Active at `since` (the backlog's start) and at `until` per queue/assignee.
-        def active_at(moment: datetime, col: Any) -> ColumnElement[bool]:
-            return and_(
-                col < moment,
-                or_(status_col.not_in(_INACTIVE), end >= moment),
-                scope,
-            )
-
-        # (an index on queue/assignee would give the grouping order, row by row: no)
-        group_q = _plain(Ticket.queue_id, dialect)
-        group_a = _plain(Ticket.assignee_id, dialect)
-        start_active = int(
-            (
-                await conn.execute(
-                    select(func.count())
-                    .select_from(Ticket)
-                    .where(active_at(since, Ticket.created_at))
-                )
-            ).scalar_one()
-        )
-        end_active = (
-            await conn.execute(
-                select(group_q, group_a, func.count())
-                .where(active_at(until, _plain(Ticket.created_at, dialect)))
-                .group_by(group_q, group_a)
-            )
-        ).all()
-
-        # 4. The audit log: status history of reopened tickets, and CSAT ratings.
-        reopened_ids = select(AuditEvent.ticket_id).where(
-            AuditEvent.action == "status",
-            AuditEvent.old_value.in_(_SOLVED),
-            AuditEvent.new_value.in_(_ACTIVE),
-        )
-        # Audit rows alone (a join would make SQLite walk the audit table by ticket id),
-        # then the few tickets they belong to by primary key; the scope applies there.
-        raw_audit = (
-            await conn.execute(
-                select(
-                    AuditEvent.ticket_id,
-                    AuditEvent.action,
-                    AuditEvent.old_value,
-                    AuditEvent.new_value,
-                    _epoch(AuditEvent.created_at, dialect),
-                    AuditEvent.id,
-                ).where(
-                    or_(
-                        and_(
-                            AuditEvent.action == "csat",
-                            AuditEvent.created_at >= since,
-                            AuditEvent.created_at < until,
-                        ),
-                        and_(AuditEvent.field == "status", AuditEvent.ticket_id.in_(reopened_ids)),
-                    ),
-                )
-            )
-        ).all()
-        info: dict[int, tuple[int | None, int | None, float, int]] = {}
-        wanted = sorted({r[0] for r in raw_audit if r[0] is not None})
-        for chunk_at in range(0, len(wanted), 10_000):
-            for tid, q, a, c_s, solved_now in await conn.execute(
-                select(
-                    Ticket.id,
-                    Ticket.queue_id,
-                    Ticket.assignee_id,
-                    _epoch(Ticket.created_at, dialect),
-                    case((Ticket.solved_at.is_not(None), 1), else_=0),
-                ).where(Ticket.id.in_(wanted[chunk_at : chunk_at + 10_000]), scope)
-            ):
-                info[tid] = (q, a, c_s, solved_now)
-    audit_rows = sorted(
-        (r[0], r[4], r[5], r[1], r[2], r[3]) + info[r[0]] for r in raw_audit if r[0] in info
-    )
-
-    since_s, until_s = since.timestamp(), until.timestamp()
+    per_second = _per_second(db.dialect)
+    hour_units = 3600 * per_second
+    since_u = round(since.timestamp() * per_second)
+    until_u = round(until.timestamp() * per_second)
     groups: dict[Key, _Acc] = defaultdict(_Acc)
+    end_backlog: Counter[Key] = Counter(map(itemgetter(0, 1), rows.older_active))
 
-    # --- created cohort
-    if calendar is not None:  # the span the business-time timeline must cover
-        lo = min([since_s] + [r[2] for r in solved_rows])
-        hi = max([now.timestamp(), until_s] + [r[3] for r in created_rows if r[3] is not None])
-        hours.prepare(lo, hi)
-    between = hours.between
-    wall = calendar is None
-    created_hours: dict[int, int] = defaultdict(int)
-    solved_hours: dict[int, int] = defaultdict(int)
-    for q, a, c_s, fr_s, ever_solved, sla_breached in created_rows:
-        created_hours[int(c_s // 3600)] += 1
+    # --- created and solved cohorts: counts by C-level counters, durations in one loop
+    for (q, a, ever, sla_breached, active), n in Counter(
+        map(itemgetter(0, 1, 2, 3, 4), rows.created)
+    ).items():
         acc = groups[(q, a)]
-        acc.created += 1
-        if fr_s is not None:
-            acc.frt.append((fr_s - c_s) / 3600.0 if wall else between(c_s, fr_s))
-        if ever_solved:
-            acc.ever_solved += 1
+        acc.created += n
+        if ever:
+            acc.ever_solved += n
         if sla_breached is not None:
-            acc.sla_base += 1
+            acc.sla_base += n
             if not sla_breached:
-                acc.sla_met += 1
-
-    # --- solved cohort
-    for q, a, c_s, s_s, first_contact in solved_rows:
-        solved_hours[int(s_s // 3600)] += 1
+                acc.sla_met += n
+        if active:
+            end_backlog[(q, a)] += n
+    for (q, a, first_contact), n in Counter(map(itemgetter(0, 1, 2), rows.solved)).items():
         acc = groups[(q, a)]
-        acc.solved += 1
-        acc.res.append((s_s - c_s) / 3600.0 if wall else between(c_s, s_s))
+        acc.solved += n
         if first_contact:
-            acc.fcr += 1
+            acc.fcr += n
+    created_hours = Counter(map(itemgetter(5), rows.created))
+    solved_hours = Counter(map(itemgetter(3), rows.solved))
+
+    frt: dict[Key, list[int]] = defaultdict(list)
+    res: dict[Key, list[int]] = defaultdict(list)
+    if calendar is None:
+        per_hour = hour_units
+        for q, a, _e, _s, _x, _h, d in rows.created:
+            if d is not None:
+                frt[q, a].append(d)
+        for q, a, _f, _h, d in rows.solved:
+            res[q, a].append(d)
+    else:
+        per_hour = 3_600_000_000  # business microseconds
+        lo = min(since_u, min(map(itemgetter(4), rows.solved), default=since_u))
+        firsts = [r[7] for r in rows.created if r[7] is not None]
+        hi = max(until_u, round(now.timestamp() * per_second), max(firsts, default=until_u))
+        at = _business_at(calendar, per_second, lo, hi)
+        for q, a, _e, _s, _x, _h, c, f in rows.created:
+            if f is not None:
+                frt[q, a].append(at(f) - at(c))
+        for q, a, _f, _h, c, s in rows.solved:
+            res[q, a].append(at(s) - at(c))
     # Sorted per group, the queue/agent/overall lists below are concatenations of sorted
-    # runs, which the (run-merging) sort in DurationStats.of handles in near-linear time.
-    for acc in groups.values():
-        acc.frt.sort()
-        acc.res.sort()
+    # runs, which the (run-merging) sort in _stats handles in near-linear time.
+    for key, values in frt.items():
+        values.sort()
+        groups[key].frt = values
+    for key, values in res.items():
+        values.sort()
+        groups[key].res = values
 
     # --- audit: reopen spans (backlog corrections), reopen rate, CSAT
-    corrections: list[tuple[float, float, Key]] = []  # (solved at, reopened at, group)
-    csat_latest: dict[int, tuple[float, int, Key]] = {}
+    corrections: list[tuple[int, int, Key]] = []  # (solved at, reopened at, group)
+    csat_latest: dict[int, tuple[int, int, Key]] = {}
     current: int | None = None
     state_active = True
-    last_end: float | None = None
+    last_end: int | None = None
     reopened_seen = False
-    ticket_info: tuple[Key, float, int] | None = None
+    ticket_info: tuple[Key, int, int] | None = None
 
     def close_ticket() -> None:
         if current is None or not reopened_seen or ticket_info is None:
             return
-        key, created_s, solved_now = ticket_info
-        if since_s <= created_s < until_s:
+        key, created_u, solved_now = ticket_info
+        if since_u <= created_u < until_u:
             acc = groups[key]
             acc.reopened += 1
             if not solved_now:
                 acc.ever_solved += 1  # reopened and not solved again: solved once all the same
 
-    for tid, at_s, _id, action, old, new, q, a, c_s, solved_now in audit_rows:
+    info = rows.info
+    audit_rows = sorted(tuple(r) + info[r[0]] for r in rows.audit if r[0] in info)
+    for tid, at_u, _id, action, old, new, q, a, c_u, solved_now in audit_rows:
         if action == "csat":
             try:
                 value = int(str(new).strip())
@@ -703,23 +901,23 @@ async def build_report(
                 continue
             if 1 <= value <= 5:
                 prev = csat_latest.get(tid)
-                if prev is None or at_s >= prev[0]:
-                    csat_latest[tid] = (at_s, value, (q, a))
+                if prev is None or at_u >= prev[0]:
+                    csat_latest[tid] = (at_u, value, (q, a))
             continue
         if tid != current:
             close_ticket()
             current, state_active, last_end, reopened_seen = tid, True, None, False
-            ticket_info = ((q, a), c_s, solved_now)
+            ticket_info = ((q, a), c_u, solved_now)
         new_v = str(new or "")
         if new_v in _SOLVED or new_v.startswith("merged"):
             if state_active:
-                last_end = at_s
+                last_end = at_u
             state_active = False
         elif new_v in _ACTIVE:
             if old in _SOLVED:
                 reopened_seen = True
                 if not state_active and last_end is not None:
-                    corrections.append((last_end, at_s, (q, a)))
+                    corrections.append((last_end, at_u, (q, a)))
             state_active = True
     close_ticket()
     for _at, value, key in csat_latest.values():
@@ -732,7 +930,7 @@ async def build_report(
     day_index = {d: i for i, d in enumerate(days)}
     created_per_day = [0] * len(days)
     solved_per_day = [0] * len(days)
-    per_hour = [0] * 24
+    per_hour_of_day = [0] * 24
     delta = [0] * len(days)  # backlog change within each local day
     local_cache: dict[int, tuple[int | None, int]] = {}
 
@@ -746,7 +944,7 @@ async def build_report(
 
     for bucket, n in created_hours.items():
         i, hour = local(bucket)
-        per_hour[hour] += n
+        per_hour_of_day[hour] += n
         if i is not None:
             created_per_day[i] += n
             delta[i] += n
@@ -755,19 +953,19 @@ async def build_report(
         if i is not None:
             solved_per_day[i] += n
             delta[i] -= n
-    for (merged_s,) in merged_ends:
-        i, _hour = local(int(merged_s // 3600))
+    for (merged_u,) in rows.merged_ends:
+        i, _hour = local(merged_u // hour_units)
         if i is not None:
             delta[i] -= 1
 
-    start = start_active
-    for e_s, r_s, _key in corrections:
+    start = rows.start_active
+    for e_u, r_u, _key in corrections:
         # inactive during [e, r): the columns counted it active
-        if e_s < since_s <= r_s:
+        if e_u < since_u <= r_u:
             start -= 1
-        for moment, sign in ((e_s, -1), (r_s, +1)):
-            if since_s <= moment < until_s:
-                d = datetime.fromtimestamp(moment, UTC).astimezone(tz).date()
+        for moment, sign in ((e_u, -1), (r_u, +1)):
+            if since_u <= moment < until_u:
+                d = datetime.fromtimestamp(moment / per_second, UTC).astimezone(tz).date()
                 i = day_index.get(d)
                 if i is not None:
                     delta[i] += sign
@@ -778,11 +976,8 @@ async def build_report(
         backlog.append((d, running))
 
     # --- backlog at `until` per group
-    end_backlog: dict[Key, int] = defaultdict(int)
-    for q, a, n in end_active:
-        end_backlog[(q, a)] += n
-    for e_s, r_s, key in corrections:
-        if e_s < until_s <= r_s:
+    for e_u, r_u, key in corrections:
+        if e_u < until_u <= r_u:
             end_backlog[key] -= 1
 
     overall = _Acc()
@@ -798,6 +993,8 @@ async def build_report(
         backlog_q[key[0]] += end_backlog.get(key, 0)
         backlog_a[key[1]] += end_backlog.get(key, 0)
 
+    queues, agents = rows.queues, rows.agents
+
     def queue_label(qid: int | None) -> str:
         return queues.get(qid, f"queue {qid}") if qid is not None else "(no queue)"
 
@@ -805,11 +1002,11 @@ async def build_report(
         return agents.get(aid, f"agent {aid}") if aid is not None else "(unassigned)"
 
     queue_figs = [
-        by_queue[qid].figures(queue_label(qid), queue_label(qid), backlog_q[qid])
+        by_queue[qid].figures(queue_label(qid), queue_label(qid), backlog_q[qid], per_hour)
         for qid in by_queue
     ]
     agent_figs = [
-        by_agent[aid].figures(agent_label(aid), agent_label(aid), backlog_a[aid])
+        by_agent[aid].figures(agent_label(aid), agent_label(aid), backlog_a[aid], per_hour)
         for aid in by_agent
     ]
     queue_figs.sort(key=lambda f: (f.key.startswith("("), f.key.lower()))
@@ -822,11 +1019,11 @@ async def build_report(
         timezone=calendar.timezone if calendar is not None else "UTC",
         business_hours=calendar is not None,
         calendar_name=(calendar.name or None) if calendar is not None else None,
-        queue=queue_label(queue_id) if queue_id is not None else None,
-        agent=agent_label(agent_id) if agent_id is not None else None,
-        overall=overall.figures("all", "All tickets", sum(end_backlog.values())),
+        queue=queue_label(rows.queue_id) if rows.queue_id is not None else None,
+        agent=agent_label(rows.agent_id) if rows.agent_id is not None else None,
+        overall=overall.figures("all", "All tickets", sum(end_backlog.values()), per_hour),
         created_per_day=list(zip(days, created_per_day, strict=True)),
-        created_per_hour=per_hour,
+        created_per_hour=per_hour_of_day,
         solved_per_day=list(zip(days, solved_per_day, strict=True)),
         backlog=backlog,
         by_agent=agent_figs,

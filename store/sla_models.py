@@ -118,6 +118,9 @@ class TicketSla(Base):
     __table_args__ = (
         Index("ix_ticket_sla_warning_at", "warning_at"),
         Index("ix_ticket_sla_breached", "breached"),
+        # Reports read policy and breach per ticket from this small index instead of the
+        # wide rows (explanations are JSON) (migration 0005).
+        Index("ix_ticket_sla_report", "ticket_id", "policy_id", "breached"),
     )
 
 

@@ -427,3 +427,51 @@ def test_sparkline_and_bars() -> None:
     # eighth-cell resolution: 1 of 8 over width 1 -> one eighth block
     assert bars([("x", 8), ("y", 1)], width=1) == ["x █ 8", "y ▏ 1"]
     assert bars([], 10) == []
+
+
+async def test_narrow_period_reads_by_index(service: Service, clock: FakeClock) -> None:
+    # One hour out of the dataset's three and a half days: the SQLite reads take the
+    # created/solved indexes instead of a plain scan; the figures must not change.
+    await build_dataset(service, clock)
+    r = await build_report(service.db, ReportFilter(at(3, 10), at(3, 11), None, None), now=NOW)
+    # Created Tue 10:00-11:00: none (T6 is 11:00, outside). Solved: T3 at 10:00.
+    assert r.overall.created == 0 and r.overall.solved == 1
+    assert stats(r.overall.resolution) == (1, 24.0, 24.0, 24.0)
+    # Active at 11:00: T4 (reopened at 09:00, solved again at 12:00) and T5.
+    assert r.backlog == [(TUE, 2)] and r.overall.backlog == 2
+    r = await build_report(service.db, ReportFilter(at(2, 13), at(2, 14), None, None), now=NOW)
+    assert r.overall.created == 1 and r.created_per_hour[13] == 1  # T4
+    assert r.overall.first_response.median == 0.5
+
+
+async def test_reopen_and_csat_reads_use_the_partial_indexes(sqlite_url: str) -> None:
+    # The report spells the partial indexes' conditions literally; if the texts ever drift
+    # apart, SQLite would read the whole audit log again (a million-row store: seconds).
+    from sqlalchemy import text
+
+    from store.engine import Database
+    from store.migrate import upgrade
+    from store.models import CSAT_WHERE, REOPEN_WHERE
+
+    db = Database(sqlite_url)
+    try:
+        await upgrade(db)
+        async with db.read() as s:
+            for sql, index in (
+                (
+                    f"SELECT ticket_id FROM audit_events WHERE {REOPEN_WHERE} "
+                    "AND created_at >= '2026-01-01'",
+                    "ix_audit_events_reopens",
+                ),
+                (
+                    f"SELECT ticket_id FROM audit_events WHERE {CSAT_WHERE} "
+                    "AND created_at >= '2026-01-01' AND created_at < '2027-01-01'",
+                    "ix_audit_events_csat",
+                ),
+            ):
+                plan = " ".join(
+                    str(r[-1]) for r in await s.execute(text("EXPLAIN QUERY PLAN " + sql))
+                )
+                assert index in plan, plan
+    finally:
+        await db.dispose()

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from store import sla
 from store.models import ArticleKind, Priority, Status, Ticket
@@ -307,3 +307,27 @@ def test_parse_targets() -> None:
     with pytest.raises(sla.SlaError):
         sla.parse_targets(first_response="asap=1h")
     assert timedelta(minutes=sla.parse_duration("1.5h")) == timedelta(hours=1, minutes=30)
+
+
+async def test_recompute_all_applies_conditions_per_ticket(
+    service: Service, clock: FakeClock
+) -> None:
+    # recompute_all matches each condition once per run for all active tickets: tagged
+    # tickets on both sides of a batch boundary get the VIP policy, the others the default.
+    await office(service)
+    await sla.add_policy(
+        service.db,
+        "vip",
+        calendar="office",
+        condition="tag:vip",
+        targets=sla.parse_targets(first_response="30m"),
+        position=1,
+    )
+    numbers = [await new_ticket(service, **({"tags": ["vip"]} if i % 2 else {})) for i in range(5)]
+    async with service.db.write() as s:  # forget what the hooks computed
+        await s.execute(delete(TicketSla))
+    stats = await sla.recompute_all(service.db, clock.now, batch=2)
+    assert stats.tickets == 5 and stats.changed == 5
+    for i, n in enumerate(numbers):
+        due = (await state(service, n))[1].first_response_due  # type: ignore[union-attr]
+        assert due == (utc(2026, 11, 2, 9, 30) if i % 2 else utc(2026, 11, 2, 13)), i
