@@ -96,6 +96,7 @@ from store.models import (
     Status,
     Ticket,
 )
+from store.sanitize import clean_line
 from store.sla_models import TicketSla
 
 __all__ = [
@@ -681,6 +682,9 @@ async def _query(
                 Article.ticket_id == Ticket.id,
                 Article.kind.in_((ArticleKind.EMAIL_IN.value, ArticleKind.EMAIL_OUT.value)),
                 Article.created_at > Ticket.first_response_at,
+                # Mail after the solve (a satisfaction survey and its answer) is not a
+                # second contact about the problem.
+                Article.created_at <= Ticket.solved_at,
             )
             .correlate(Ticket)
             .exists()
@@ -1191,7 +1195,7 @@ def render_text(report: Report, width: int = 60) -> Any:
             t.add_column(col, justify="right")
         for f in rows:
             t.add_row(
-                f.label,
+                Text(clean_line(f.label)),
                 str(f.created),
                 str(f.solved),
                 str(f.backlog),

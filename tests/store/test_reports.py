@@ -33,7 +33,7 @@ from rich.console import Console
 
 from store import businesstime as bt
 from store import sla
-from store.models import ArticleKind, AuditEvent, Status
+from store.models import Article, ArticleKind, AuditEvent, Status
 from store.reports import (
     DurationStats,
     Figures,
@@ -475,3 +475,35 @@ async def test_reopen_and_csat_reads_use_the_partial_indexes(sqlite_url: str) ->
                 assert index in plan, plan
     finally:
         await db.dispose()
+
+
+async def test_survey_mail_after_the_solve_keeps_first_contact_resolution(
+    service: Service, clock: FakeClock
+) -> None:
+    """A satisfaction survey and the customer's rating come after the solve: T1 (solved Mon
+    12:00 after one reply) stays a first-contact resolution."""
+    n = await build_dataset(service, clock)
+    t1 = await service.get_ticket(n["T1"])
+    async with service.db.write() as s:
+        for kind, when in ((ArticleKind.EMAIL_OUT, at(2, 13)), (ArticleKind.EMAIL_IN, at(2, 14))):
+            s.add(Article(ticket_id=t1.id, kind=kind.value, body_text="survey", created_at=when))
+    r = await build_report(service.db, PERIOD, now=NOW)
+    assert (r.overall.fcr.count, r.overall.fcr.base) == (5, 7)
+    # Mail between the first reply and the solve still breaks it (T2), as before.
+    assert by_key(r.by_agent)["anna"].fcr.count == 2
+
+
+async def test_text_report_shows_names_as_text_not_markup(service: Service) -> None:
+    clock_now = NOW
+    await service.add_queue("[bold]Evil[/bold] Q")
+    await service.create_ticket(
+        MAIL,
+        subject="x",
+        customer_email="c@customer.example",
+        article=ArticleInput(kind=ArticleKind.EMAIL_IN, body="help"),
+        queue="[bold]Evil[/bold] Q",
+    )
+    r = await build_report(service.db, ReportFilter(SINCE, UNTIL, None, None), now=clock_now)
+    console = Console(width=200, record=True, color_system=None)
+    console.print(render_text(r))
+    assert "[bold]Evil[/bold] Q" in console.export_text()
