@@ -25,16 +25,23 @@ alert instead of importing everything again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import ctypes
 import fcntl
 import functools
 import logging
+import multiprocessing
 import os
 import random
 import re
+import signal
 import ssl
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -55,7 +62,9 @@ from mail_sync.ingest import (
     IngestSummary,
     MailSource,
     human_size,
+    prepare_many,
 )
+from mail_sync.parse import warm_up
 from store.config import Config
 from store.engine import Database, StoreError, sqlite_path
 from store.models import Article, MailFolderState, MailHeartbeat, MailSeen, Quarantine
@@ -72,8 +81,10 @@ _MESSAGE_ID = re.compile(rb"<([^<>\s]{1,900})>")
 class SyncSettings:
     """Timings and limits; an account's `settings` may override any of them by name."""
 
-    #: UIDs per FETCH round trip.
-    batch_size: int = 100
+    #: UIDs per batch (one transaction, unless it takes longer than max_transaction_seconds).
+    batch_size: int = 500
+    #: Message bytes per body FETCH at most (a batch of big mails is fetched in pieces).
+    fetch_bytes: int = 64 * 1024 * 1024
     #: A write transaction commits after this long even mid-batch (keeps SQLite responsive).
     max_transaction_seconds: float = 1.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -98,6 +109,11 @@ class SyncSettings:
     failing_after: float = 900.0
     #: A message the server returns no body for is quarantined after this many tries.
     missing_body_attempts: int = 3
+    #: Worker processes that parse mail while the engine fetches and writes (0: a thread).
+    #: Parsing is pure Python: in a thread it shares one core with the rest of the engine.
+    parse_workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    #: A backlog smaller than this is parsed in a thread (starting workers takes ~1 s).
+    parse_pool_min: int = 300
 
     def __post_init__(self) -> None:
         self.idle_check_timeout = min(max(self.idle_check_timeout, 0.1), 30.0)
@@ -322,6 +338,7 @@ class SyncEngine:
         self._missing: dict[tuple[str, int, int], int] = {}
         self._failing_since: dict[str, float] = {}
         self._last_beat = 0.0
+        self._pool: ProcessPoolExecutor | None = None
 
     # ------------------------------------------------------------------ reporting
     def _report(self, folder: str | None, event: str, **kw: Any) -> None:
@@ -415,6 +432,46 @@ class SyncEngine:
             await asyncio.wait_for(
                 asyncio.to_thread(_logout), timeout=self.settings.read_timeout + 5
             )
+
+    # ------------------------------------------------------------------ parse pool
+    def _parse_pool(self, backlog: int) -> ProcessPoolExecutor | None:
+        """The worker processes for a large backlog (started on first need, kept until the
+        engine stops); None: parse in a thread."""
+        if self.settings.parse_workers <= 0:
+            return None
+        if self._pool is None and backlog >= self.settings.parse_pool_min:
+            # spawn: fresh interpreters (never a fork of this multi-threaded process), each
+            # the engine's own child, so they can die with it (see _parse_worker_init).
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.settings.parse_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_parse_worker_init,
+                initargs=(os.getpid(), tuple(self.config.languages)),
+            )
+        return self._pool
+
+    def _stop_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    async def _prepare(
+        self, jobs: list[tuple[bytes, MailSource, str | None]]
+    ) -> list[IncomingMail]:
+        """Parse fetched mail: in the worker processes if running, else in a thread."""
+        pool = self._pool
+        if pool is not None and len(jobs) > 1:
+            loop = asyncio.get_running_loop()
+            try:
+                return await loop.run_in_executor(
+                    pool, prepare_many, self.ingestor.prepare_job(), jobs
+                )
+            except BrokenProcessPool:
+                log.warning(
+                    "event=parse-pool-broken account=%s: parsing in a thread", self.account.name
+                )
+                self._stop_pool()
+        return await asyncio.to_thread(prepare_many, self.ingestor.prepare_job(), jobs)
 
     # ------------------------------------------------------------------ state
     async def _state(self, session: AsyncSession, folder: str) -> MailFolderState:
@@ -523,8 +580,18 @@ class SyncEngine:
         small = [u for u in uids if u in sizes and int(sizes[u].get(b"RFC822.SIZE", 0)) <= limit]
         big = [u for u in uids if u in sizes and u not in small]
         bodies: dict[int, Any] = {}
-        if small:
-            bodies.update(await conn.call(client.fetch, small, ["BODY.PEEK[]"]))
+        # Bodies in FETCHes of at most fetch_bytes each (a batch of big mails stays bounded).
+        chunk: list[int] = []
+        total = 0
+        for uid in small:
+            size = int(sizes[uid].get(b"RFC822.SIZE", 0))
+            if chunk and total + size > self.settings.fetch_bytes:
+                bodies.update(await conn.call(client.fetch, chunk, ["BODY.PEEK[]"]))
+                chunk, total = [], 0
+            chunk.append(uid)
+            total += size
+        if chunk:
+            bodies.update(await conn.call(client.fetch, chunk, ["BODY.PEEK[]"]))
         heads: dict[int, Any] = {}
         if big:
             heads = await conn.call(client.fetch, big, ["BODY.PEEK[HEADER]"])
@@ -545,13 +612,8 @@ class SyncEngine:
                 missing.append(uid)  # exists, but no body came back
             # else: expunged meanwhile
 
-        def _prepare() -> list[IncomingMail]:
-            return [
-                self.ingestor.prepare(raw, self._source(folder, uidvalidity, uid), omitted=note)
-                for uid, raw, note in raws
-            ]
-
-        return await asyncio.to_thread(_prepare), missing
+        jobs = [(raw, self._source(folder, uidvalidity, uid), note) for uid, raw, note in raws]
+        return await self._prepare(jobs), missing
 
     def _source(self, folder: str, uidvalidity: int, uid: int) -> MailSource:
         return MailSource(
@@ -572,19 +634,28 @@ class SyncEngine:
         report: FolderReport,
     ) -> None:
         batches = list(_chunks(uids, self.settings.batch_size))
-        pending: asyncio.Task[tuple[list[IncomingMail], list[int]]] | None = asyncio.create_task(
-            self._fetch(conn, folder, uidvalidity, batches[0])
+        pool = self._parse_pool(len(uids))
+        # Prefetch while a batch is written: the next batch (one connection, locked), and
+        # with parse workers one more per worker, so fetching and parsing run side by side.
+        depth = 1 + (self.settings.parse_workers if pool is not None else 0)
+        pending: collections.deque[asyncio.Task[tuple[list[IncomingMail], list[int]]]] = (
+            collections.deque()
         )
+        queued = 0
+
+        def refill() -> None:
+            nonlocal queued
+            while queued < len(batches) and len(pending) < depth:
+                pending.append(
+                    asyncio.create_task(self._fetch(conn, folder, uidvalidity, batches[queued]))
+                )
+                queued += 1
+
+        refill()
         try:
-            for i, batch in enumerate(batches):
-                assert pending is not None
-                items, missing = await pending
-                pending = None
-                # Prefetch the next batch while this one is written (one connection, locked).
-                if i + 1 < len(batches):
-                    pending = asyncio.create_task(
-                        self._fetch(conn, folder, uidvalidity, batches[i + 1])
-                    )
+            for batch in batches:
+                items, missing = await pending.popleft()
+                refill()
                 if missing:
                     items = await self._handle_missing(folder, uidvalidity, items, missing)
                 stop_uid = self._stop_uid(batch, missing, items)
@@ -611,10 +682,11 @@ class SyncEngine:
                 if time.monotonic() - self._last_beat > self.settings.heartbeat_interval:
                     await self._heartbeat(success=True)
         finally:
-            if pending is not None:
-                pending.cancel()
+            for task in pending:
+                task.cancel()
+            for task in pending:
                 with contextlib.suppress(BaseException):
-                    await pending
+                    await task
 
     def _stop_uid(self, batch: list[int], missing: list[int], items: list[IncomingMail]) -> int:
         """Ingest only below the first UID whose body is still missing (retried later)."""
@@ -912,6 +984,7 @@ class SyncEngine:
                 await self._heartbeat(success=True)
             return report
         finally:
+            self._stop_pool()
             await self._lock.release()
 
     async def probe(self) -> dict[str, Any]:
@@ -975,6 +1048,7 @@ class SyncEngine:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
         finally:
+            self._stop_pool()
             await self._lock.release()
 
     async def _watch_lock(self, stop: asyncio.Event) -> None:
@@ -1089,6 +1163,22 @@ class SyncEngine:
                 await conn.call(client.noop)
             if time.monotonic() - self._last_beat > st.heartbeat_interval:
                 await self._heartbeat(success=True)
+
+
+def _parse_worker_init(parent: int, languages: Sequence[str]) -> None:
+    """Start-up of a parse worker: die with the engine's process even when that is killed
+    with SIGKILL (Linux PR_SET_PDEATHSIG; a crashed daemon leaves no workers behind), and
+    load the language model and charset detector now rather than in the first parse."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the engine died before prctl took effect
+        os._exit(1)
+    warm_up(languages)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _is_change(response: Any) -> bool:

@@ -17,7 +17,7 @@ from store.models import Queue
 from store.service import NotFoundError, Service
 
 #: Mails per write transaction.
-DEFAULT_BATCH = 50
+DEFAULT_BATCH = 500
 
 
 class MailboxNotFound(NotFoundError):

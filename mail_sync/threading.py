@@ -94,6 +94,33 @@ def candidate_ids(in_reply_to: Sequence[str], references: Sequence[str]) -> list
     return out
 
 
+def reply_reason(mid: str, in_reply_to: Sequence[str], number: int) -> str:
+    """Why a mail threads into ticket `number`: it references `mid`, a message stored there."""
+    header = "In-Reply-To" if mid in {i.strip("<>") for i in in_reply_to} else "References"
+    return f"{header} <{mid}> is a stored message of ticket #{number}"
+
+
+def unknown_references_note(ids: Sequence[str], secret: bytes) -> str | None:
+    """The note for a mail none of whose references (`ids`) is a stored message; None when one
+    is an HMAC-verified Message-ID of ours (then `decide` must look up its ticket)."""
+    unverified: list[str] = []
+    for mid in ids:
+        if verify_message_id(mid, secret) is not None:
+            return None
+        if is_our_message_id(mid):
+            unverified.append(mid)
+    if unverified:
+        return f"; ignored unverified ticket Message-ID <{unverified[0]}>"
+    if ids:
+        return f"; none of {len(ids)} referenced Message-IDs is known"
+    return ""
+
+
+def new_ticket_reason(note: str) -> str:
+    """Why a mail opens a new ticket (no reference known, no subject tag)."""
+    return f"no known reference and no subject tag: new ticket{note}"
+
+
 async def ticket_of_message_ids(
     session: AsyncSession, ids: Sequence[str]
 ) -> tuple[str, Ticket] | None:
@@ -178,12 +205,8 @@ async def decide(
     found = await ticket_of_message_ids(session, ids)
     if found is not None:
         mid, ticket = found
-        header = "In-Reply-To" if mid in {i.strip("<>") for i in in_reply_to} else "References"
         return ThreadDecision(
-            "reply",
-            ticket.number,
-            f"{header} <{mid}> is a stored message of ticket #{ticket.number}",
-            mid,
+            "reply", ticket.number, reply_reason(mid, in_reply_to, ticket.number), mid
         )
     unverified: list[str] = []
     for mid in ids:
@@ -234,4 +257,4 @@ async def decide(
             f"subject tag {tag} but sender {who or '(none)'} is not a participant of "
             f"#{number}: new ticket linked to it{note}",
         )
-    return ThreadDecision("new", None, f"no known reference and no subject tag: new ticket{note}")
+    return ThreadDecision("new", None, new_ticket_reason(note))

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from email.utils import getaddresses
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -14,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store import lifecycle, search_index
+from store.bulk_ingest import MailBatchWriter
 from store.engine import Database, StoreError
 from store.models import (
     ACTIVE_STATUSES,
@@ -740,9 +742,9 @@ class Service:
                     ticket_id=t.id,
                     message_id=msgid,
                     rcpt_to=[
-                        a.strip()
-                        for a in (article.to_addrs + "," + cc_addrs).split(",")
-                        if a.strip()
+                        addr.strip()
+                        for _name, addr in getaddresses([article.to_addrs, cc_addrs])
+                        if addr.strip()
                     ],
                     kind="reply",
                     status="queued",
@@ -851,6 +853,52 @@ class Service:
         await self._event(session, t.id, "article", actor)
         await session.flush()
         return t, article, False
+
+    # ----------------------------------------------------------------- mail ingest
+    def mail_batch(self, session: AsyncSession) -> MailBatchWriter:
+        """A bulk writer for many mails in the caller's write transaction (store/bulk_ingest.py):
+        the same rows as `create_ticket` / `add_customer_message` / `attach_mail`, in bulk."""
+        return MailBatchWriter(self, session)
+
+    async def priority_matrix_in(
+        self, session: AsyncSession
+    ) -> dict[tuple[Level, Level], Priority]:
+        """The team's priority matrix, read in the caller's transaction."""
+        return await self._matrix(session)
+
+    async def notify_event(self, session: AsyncSession, event_id: int) -> None:
+        """Wake change-feed listeners (PostgreSQL NOTIFY; SQLite readers poll)."""
+        await self._notify(session, event_id)
+
+    async def attach_mail(
+        self, actor: Actor, number: int, data: ArticleInput, why: str, *, session: AsyncSession
+    ) -> tuple[Ticket, Article]:
+        """Add a mail to a ticket (following merges) without changing its status: bounces,
+        auto-replies, satisfaction ratings. Audited as ``mail-attached`` with `why`."""
+        ticket = await self._ticket_for_update(session, number)
+        hops = 0
+        while (
+            ticket.status == Status.MERGED.value and ticket.merged_into_id is not None and hops < 10
+        ):
+            target = await session.get(Ticket, ticket.merged_into_id)
+            if target is None:
+                break
+            ticket = await self._ticket_for_update(session, target.number)
+            hops += 1
+        article = await self._add_article(session, ticket, actor, data)
+        self._audit(
+            session, ticket.id, actor, "mail-attached", None, None, f"article {article.id} ({why})"
+        )
+        self._touch(ticket)
+        await self._event(session, ticket.id, "article", actor)
+        return ticket, article
+
+    async def append_article(
+        self, session: AsyncSession, ticket: Ticket, actor: Actor, data: ArticleInput
+    ) -> Article:
+        """Add an article with no audit line, event or version bump of its own (for notes that
+        belong to a change already audited, e.g. what an incoming mail left out)."""
+        return await self._add_article(session, ticket, actor, data)
 
     async def merge(self, actor: Actor, source: int, into: int) -> Ticket:
         """Move the history of `source` into `into`; leave `source` as merged with a pointer."""

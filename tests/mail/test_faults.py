@@ -155,6 +155,8 @@ async def test_kill_9_during_ingest_loses_and_duplicates_nothing(
 
     killed_at: list[int] = []
     finished_early = False
+    helpers_seen = 0
+    children: list[int] = []
     for n in range(kills):
         proc = start()
         try:
@@ -172,11 +174,18 @@ async def test_kill_9_during_ingest_loses_and_duplicates_nothing(
             if proc.poll() is not None:
                 finished_early = True
                 break
+            children = children_of(proc.pid)
+            helpers_seen += len(children)
             proc.send_signal(signal.SIGKILL)
         finally:
             proc.wait(timeout=30)
             if proc.stdout is not None:
                 proc.stdout.close()
+        # The killed daemon's parse workers (and their resource tracker) die with it.
+        deadline = time.monotonic() + 10
+        while any(alive(c) for c in children) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert not [c for c in children if alive(c)], "processes outlived the killed daemon"
         killed_at.append(await n_rows(db, MailSeen))
     print(f"MailSeen rows after each kill: {killed_at}")
     # Then let it finish (more than one pass may be needed only if it is interrupted).
@@ -210,6 +219,32 @@ async def test_kill_9_during_ingest_loses_and_duplicates_nothing(
         assert len(c.search(["UNSEEN"])) == 0
     if not finished_early:
         assert any(0 < k < total for k in killed_at), f"no kill landed mid-ingest: {killed_at}"
+        assert helpers_seen > 0  # the kills did hit parse worker processes
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        if int(fields[1]) == pid:
+            out.append(int(entry.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting to be reaped counts as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 # --------------------------------------------------------------------------- silent death

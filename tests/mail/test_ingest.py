@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 import mail_sync.ingest as ingest_mod
 from mail_sync.ingest import Ingestor, IngestResult, MailSource
 from mail_sync.parse import ParseError
+from store.bulk_ingest import MailBatchWriter
 from store.models import (
     Article,
     ArticleKind,
@@ -180,14 +181,26 @@ async def test_ingest_failure_rolls_back_only_that_mail(
             raise RuntimeError("boom")
         return await real(self, actor, **kw)  # type: ignore[arg-type]
 
+    real_write = MailBatchWriter.write
+
+    async def broken_write(self: MailBatchWriter) -> None:
+        await real_write(self)  # writes the whole segment, then fails
+        if any(a.data.subject == "explode" for a in self.articles):
+            raise RuntimeError("bulk boom")
+
     monkeypatch.setattr(Service, "create_ticket", broken)
+    monkeypatch.setattr(MailBatchWriter, "write", broken_write)
     results = await ingest(
         service, mail(subject="one"), mail(subject="explode"), mail(subject="two")
     )
+    # The bulk write of all three failed and was rolled back; one by one, only "explode" fails.
     assert [r.outcome for r in results] == ["created", "quarantined", "created"]
     assert "RuntimeError: boom" in results[1].reason
-    assert await count(service, Ticket) == 2  # the half-written ticket was rolled back
+    assert await count(service, Ticket) == 2  # the half-written tickets were rolled back
+    assert await count(service, Article) == 2
     assert await count(service, Quarantine) == 1
+    numbers = sorted(r.ticket_number or 0 for r in results if r.ticket_number)
+    assert numbers == [numbers[0], numbers[0] + 1]  # no number burnt by the rolled-back write
 
 
 async def test_imap_source_records_mail_seen_and_skips_on_second_run(service: Service) -> None:

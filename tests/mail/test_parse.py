@@ -186,6 +186,51 @@ Subject: groups""",
     assert parsed.from_addr == ""
 
 
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        # the shapes that take the fast path (no address tokenizer)
+        ("Jane@Example.COM", [("", "jane@example.com")]),
+        (
+            "  Jane Doe <Jane.Doe+x@Mail.Example.com>  ",
+            [("Jane Doe", "jane.doe+x@mail.example.com")],
+        ),
+        # near misses that must still go through the full parser and keep its answer
+        ("Jane  Doe <jane@example.com>", [("Jane Doe", "jane@example.com")]),
+        ('"Doe, Jane" <jane@example.com>', [("Doe, Jane", "jane@example.com")]),
+        ("J. Doe <jane@example.com>", [("J. Doe", "jane@example.com")]),
+        ("jane@example.com (Jane Doe)", [("Jane Doe", "jane@example.com")]),
+        ("a@example.com, Bob <b@example.com>", [("", "a@example.com"), ("Bob", "b@example.com")]),
+        ("=?UTF-8?Q?J=C4=81nis?= <janis@example.lv>", [("Jānis", "janis@example.lv")]),
+    ],
+)
+def test_address_headers_simple_and_complex(header: str, expected: list[tuple[str, str]]) -> None:
+    parsed = parse_mail(mail(f"From: x@example.com\nTo: {header}\nSubject: s", "body"))
+    assert parsed.to == expected
+
+
+def test_same_content_type_value_in_many_mails_keeps_each_charset() -> None:
+    """Content-Type parameters are memoised per header value; each mail still gets its own."""
+    for _ in range(2):
+        latin = parse_mail(
+            mail(
+                "Subject: a\nContent-Type: text/plain; charset=iso-8859-1",
+                "Gr\xfc\xdfe".encode("latin-1"),
+            )
+        )
+        utf8 = parse_mail(mail("Subject: b\nContent-Type: text/plain; charset=utf-8", "Grüße"))
+        named = parse_mail(
+            mail(
+                'Subject: c\nContent-Type: application/pdf; name="inv 7.pdf"\n'
+                "Content-Transfer-Encoding: base64",
+                base64.b64encode(b"%PDF-1.4 x").decode(),
+            )
+        )
+        assert latin.text.strip() == "Grüße"
+        assert utf8.text.strip() == "Grüße"
+        assert [a.filename for a in named.attachments] == ["inv 7.pdf"]
+
+
 # --------------------------------------------------------------------------------------------
 # Charsets and broken headers
 
