@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -79,16 +82,27 @@ def check_not_network_fs(path: Path) -> None:
         )
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    # Take over transaction control so writers can BEGIN IMMEDIATE.
-    dbapi_connection.isolation_level = None
-    cur = dbapi_connection.cursor()
-    cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    cur.execute("PRAGMA journal_mode = WAL")
-    cur.execute("PRAGMA synchronous = NORMAL")
-    cur.execute("PRAGMA foreign_keys = ON")
-    cur.execute("PRAGMA cache_size = -65536")  # 64 MiB: cold page reads dominate big queues
-    cur.close()
+#: Page cache per pooled SQLite connection (KiB): cold page reads dominate big queues.
+SQLITE_CACHE_KIB = 65536
+#: The console keeps several connections open for its whole life: a smaller cache each, and
+#: a smaller pool, keep its resident memory down (the OS page cache still holds the file).
+CONSOLE_CACHE_KIB = 16384
+CONSOLE_POOL_SIZE = 3
+
+
+def _sqlite_pragmas(cache_kib: int) -> Any:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take over transaction control so writers can BEGIN IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cur = dbapi_connection.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.execute(f"PRAGMA cache_size = -{int(cache_kib)}")
+        cur.close()
+
+    return on_connect
 
 
 def _sqlite_begin(conn: Any) -> None:
@@ -96,7 +110,9 @@ def _sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def make_engine(url: str, *, check_fs: bool = True, **kwargs: Any) -> AsyncEngine:
+def make_engine(
+    url: str, *, check_fs: bool = True, cache_kib: int = SQLITE_CACHE_KIB, **kwargs: Any
+) -> AsyncEngine:
     """Build an async engine for a URL; never called at import time."""
     url = normalise_db_url(url)
     try:
@@ -111,7 +127,7 @@ def make_engine(url: str, *, check_fs: bool = True, **kwargs: Any) -> AsyncEngin
             path.parent.mkdir(parents=True, exist_ok=True)
         kwargs.setdefault("connect_args", {"timeout": BUSY_TIMEOUT_MS / 1000})
         engine = create_async_engine(url, **kwargs)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(cache_kib))
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     if parsed.drivername.startswith("postgresql"):
@@ -125,13 +141,22 @@ def make_engine(url: str, *, check_fs: bool = True, **kwargs: Any) -> AsyncEngin
 class Database:
     """An engine plus session factories: deferred reads, immediate (serialised) writes."""
 
-    def __init__(self, url: str, *, check_fs: bool = True, null_pool: bool = False) -> None:
+    def __init__(
+        self, url: str, *, check_fs: bool = True, null_pool: bool = False, role: str = "default"
+    ) -> None:
         kwargs: dict[str, Any] = {}
         if null_pool:
             kwargs["poolclass"] = NullPool
+        elif role == "console":
+            kwargs.update(pool_size=CONSOLE_POOL_SIZE, max_overflow=CONSOLE_POOL_SIZE)
+        if role == "console":
+            kwargs["cache_kib"] = CONSOLE_CACHE_KIB
         self.url = normalise_db_url(url)
         self.engine = make_engine(self.url, check_fs=check_fs, **kwargs)
         self.dialect = self.engine.dialect.name
+        #: The driver connections opened so far (SQLite: to interrupt a long statement on quit).
+        self._drivers: weakref.WeakSet[Any] = weakref.WeakSet()
+        event.listen(self.engine.sync_engine, "connect", self._remember)
         write_engine = self.engine.execution_options(sqlite_begin="IMMEDIATE")
         self._read = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write = async_sessionmaker(write_engine, expire_on_commit=False)
@@ -151,6 +176,30 @@ class Database:
         """A write transaction: BEGIN IMMEDIATE on SQLite; commits on success."""
         async with self._write() as session, session.begin():
             yield session
+
+    def _remember(self, dbapi_connection: Any, _record: Any) -> None:
+        driver = getattr(dbapi_connection, "driver_connection", None)
+        if driver is not None:
+            with contextlib.suppress(TypeError):
+                self._drivers.add(driver)
+
+    def interrupt(self) -> None:
+        """Abort the SQLite statements running now on this database's connections.
+
+        `sqlite3.Connection.interrupt()` is safe from any thread; it is called directly, not
+        through aiosqlite's queue, which is busy with the very statement to stop.
+        """
+        for driver in list(self._drivers):
+            raw = getattr(driver, "_connection", None)
+            if raw is not None and hasattr(raw, "interrupt"):
+                with contextlib.suppress(Exception):
+                    raw.interrupt()
+
+    async def close(self, timeout: float = 1.0) -> None:
+        """Stop running statements and close the pool, within `timeout` seconds (for quit)."""
+        self.interrupt()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.engine.dispose(), timeout)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

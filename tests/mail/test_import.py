@@ -72,6 +72,15 @@ def flat(res: object) -> str:
     return " ".join(str(getattr(res, "output", "")).split())
 
 
+@pytest.fixture(autouse=True)
+def _restore_cli_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`register(app, ...)` below points the mail commands at a test store: undo it afterwards,
+    or later tests driving the real `helpdesk` app would open this test's store."""
+    import mail_sync.cli
+
+    monkeypatch.setattr(mail_sync.cli, "_db_factory", list(mail_sync.cli._db_factory))
+
+
 def app_for(url: str) -> typer.Typer:
     app = typer.Typer()
 

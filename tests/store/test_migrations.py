@@ -23,7 +23,9 @@ async def test_upgrade_head_matches_models_and_is_repeatable(db_url: str) -> Non
                 lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata)
             )
             # full-text structures and expression indexes are made by migrations on purpose
-            diff = [d for d in diff if not any(k in str(d) for k in ("fts", "search", "next_order"))]
+            diff = [
+                d for d in diff if not any(k in str(d) for k in ("fts", "search", "next_order"))
+            ]
             assert diff == []
             counter = (
                 await conn.execute(text("SELECT value FROM counters WHERE name = 'ticket'"))
@@ -31,3 +33,10 @@ async def test_upgrade_head_matches_models_and_is_repeatable(db_url: str) -> Non
             assert counter == 1000  # ticket numbers start at #1001
     finally:
         await db.dispose()
+
+
+def test_head_constant_is_alembics_head() -> None:
+    # The store is opened without importing Alembic; a new migration must bump the constant.
+    from store.migrate import HEAD_REVISION, alembic_head
+
+    assert alembic_head() == HEAD_REVISION

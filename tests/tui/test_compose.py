@@ -203,7 +203,8 @@ async def test_draft_survives_a_killed_console_and_is_offered_on_reopen(
     async with app2.run_test(size=(120, 40)) as pilot:
         screen = await open_ticket(app2, pilot, rich.printer)
         await until(pilot, lambda: isinstance(app2.screen, DraftOfferScreen))
-        assert "unsent reply" in screen_text(app2)
+        # The dialog is pushed before it is painted: wait for its text, not just the screen.
+        await until(pilot, lambda: "unsent reply" in screen_text(app2))
         assert "Half-written answer and more" in screen_text(app2)
         await pilot.press("r")
         await until(pilot, lambda: screen.composing)
@@ -220,7 +221,7 @@ async def test_draft_offer_can_discard(
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_ticket(app, pilot, rich.printer)
         await until(pilot, lambda: isinstance(app.screen, DraftOfferScreen))
-        assert "unsent internal note" in screen_text(app)
+        await until(pilot, lambda: "unsent internal note" in screen_text(app))
         await pilot.press("d")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("y")
