@@ -176,7 +176,9 @@ async def run_pipe(
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
-        raise PipeError(f"the command did not finish within {timeout:.0f} s and was stopped") from None
+        raise PipeError(
+            f"the command did not finish within {timeout:.0f} s and was stopped"
+        ) from None
     truncated = len(out) > MAX_OUTPUT
     return PipeResult(
         command=command,
@@ -244,14 +246,18 @@ def save_target(folder: str | Path, filename: str | None) -> Path:
     return target
 
 
-def save_attachment(folder: str | Path, filename: str | None, data: bytes, *, overwrite: bool = False) -> Path:
+def save_attachment(
+    folder: str | Path, filename: str | None, data: bytes, *, overwrite: bool = False
+) -> Path:
     """Write `data` as `filename` inside `folder`; never outside it, never through a symlink.
 
     Without `overwrite` an existing file is left alone (`FileExistsError`).
     """
     target = save_target(folder, filename)
     if target.is_symlink():
-        raise SaveError(f"{target.name} in {target.parent} is a symbolic link; not writing through it")
+        raise SaveError(
+            f"{target.name} in {target.parent} is a symbolic link; not writing through it"
+        )
     flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     flags |= os.O_TRUNC if overwrite else os.O_EXCL
     try:

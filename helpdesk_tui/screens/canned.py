@@ -97,13 +97,33 @@ class CannedScreen(ModalScreen[Rendered | None]):
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Cancel", id="canned.cancel", tooltip="Close without inserting"),
-        Binding("down", "move(1)", "Down", show=False, id="canned.down",
-                tooltip="Highlight the next response"),
-        Binding("up", "move(-1)", "Up", show=False, id="canned.up",
-                tooltip="Highlight the previous response"),
-        Binding("enter", "insert", "Insert", id="canned.insert", priority=True,
-                tooltip="Insert the highlighted response with its variables filled in"),
+        Binding(
+            "escape", "cancel", "Cancel", id="canned.cancel", tooltip="Close without inserting"
+        ),
+        Binding(
+            "down",
+            "move(1)",
+            "Down",
+            show=False,
+            id="canned.down",
+            tooltip="Highlight the next response",
+        ),
+        Binding(
+            "up",
+            "move(-1)",
+            "Up",
+            show=False,
+            id="canned.up",
+            tooltip="Highlight the previous response",
+        ),
+        Binding(
+            "enter",
+            "insert",
+            "Insert",
+            id="canned.insert",
+            priority=True,
+            tooltip="Insert the highlighted response with its variables filled in",
+        ),
     ]
 
     def __init__(self, items: Sequence[CannedItem], context: Mapping[str, str]) -> None:
@@ -138,11 +158,16 @@ class CannedScreen(ModalScreen[Rendered | None]):
         self._shown = [item for item, _score in search_canned(query, self.items)]
         options = self.query_one("#canned-list", OptionList)
         options.clear_options()
-        options.add_options([
-            Option(Content.assemble((clean_line(i.name), "bold"),
-                                    ("" if i.shared else "  (mine)", "dim")))
-            for i in self._shown
-        ])
+        options.add_options(
+            [
+                Option(
+                    Content.assemble(
+                        (clean_line(i.name), "bold"), ("" if i.shared else "  (mine)", "dim")
+                    )
+                )
+                for i in self._shown
+            ]
+        )
         if self._shown:
             options.highlighted = 0
         self._preview()
@@ -152,9 +177,13 @@ class CannedScreen(ModalScreen[Rendered | None]):
         preview = self.query_one("#canned-preview", Static)
         warning = self.query_one("#canned-warning", Static)
         if item is None:
-            preview.update(Content("No canned response matches." if self.items
-                                   else "No canned responses yet: add some with "
-                                        "`helpdesk canned add`."))
+            preview.update(
+                Content(
+                    "No canned response matches."
+                    if self.items
+                    else "No canned responses yet: add some with `helpdesk canned add`."
+                )
+            )
             warning.update("")
             return
         rendered = render(clean_text(item.body), self.context)
@@ -164,8 +193,9 @@ class CannedScreen(ModalScreen[Rendered | None]):
             problems.append("unknown variables: " + ", ".join(rendered.unknown))
         if rendered.empty:
             problems.append("no value for: " + ", ".join(rendered.empty))
-        warning.update(Content("; ".join(problems) + " — fix them before sending\n"
-                               if problems else ""))
+        warning.update(
+            Content("; ".join(problems) + " — fix them before sending\n" if problems else "")
+        )
 
     @on(Input.Changed, "#canned-search")
     def _search(self, event: Input.Changed) -> None:

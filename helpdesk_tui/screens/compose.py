@@ -43,14 +43,34 @@ class ComposerTextArea(TextArea):
     """The composer's editor: its own keys win over TextArea's (ctrl+e is not line-end here)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+s", "composer('review')", "Review & send", id="compose.review",
-                tooltip="Go to the review step: recipients, status, then send / edit / discard"),
-        Binding("ctrl+t", "composer('canned')", "Canned", id="compose.canned",
-                tooltip="Insert a canned response (fuzzy search, variables filled in)"),
-        Binding("ctrl+e", "composer('editor')", "Editor", id="compose.editor",
-                tooltip="Continue in $VISUAL / $EDITOR (HELPDESK_EDITOR first)"),
-        Binding("escape", "composer('close')", "Close", id="compose.close",
-                tooltip="Close the composer; the draft is kept"),
+        Binding(
+            "ctrl+s",
+            "composer('review')",
+            "Review & send",
+            id="compose.review",
+            tooltip="Go to the review step: recipients, status, then send / edit / discard",
+        ),
+        Binding(
+            "ctrl+t",
+            "composer('canned')",
+            "Canned",
+            id="compose.canned",
+            tooltip="Insert a canned response (fuzzy search, variables filled in)",
+        ),
+        Binding(
+            "ctrl+e",
+            "composer('editor')",
+            "Editor",
+            id="compose.editor",
+            tooltip="Continue in $VISUAL / $EDITOR (HELPDESK_EDITOR first)",
+        ),
+        Binding(
+            "escape",
+            "composer('close')",
+            "Close",
+            id="compose.close",
+            tooltip="Close the composer; the draft is kept",
+        ),
     ]
 
     def action_composer(self, what: str) -> None:
@@ -193,19 +213,26 @@ class Composer(Vertical):
         if not self.is_mounted:
             return
         if self.kind == NOTE:
-            title = Content.assemble(("INTERNAL NOTE", "bold reverse"),
-                                     ("  not sent to the customer", "bold"))
+            title = Content.assemble(
+                ("INTERNAL NOTE", "bold reverse"), ("  not sent to the customer", "bold")
+            )
         else:
-            title = Content.assemble(("Reply", "bold reverse"), ("  to ", ""),
-                                     (clean_line(self.recipient) or "the customer", "bold"))
+            title = Content.assemble(
+                ("Reply", "bold reverse"),
+                ("  to ", ""),
+                (clean_line(self.recipient) or "the customer", "bold"),
+            )
         self.query_one("#composer-title", Static).update(title)
 
     def _status(self) -> None:
         status = self.query_one("#composer-status", Static)
         problems = unresolved(self.text)
         if problems:
-            status.update(Content("Fill in before sending: " + ", ".join(
-                f"⟦{clean_line(p)}⟧" for p in problems)))
+            status.update(
+                Content(
+                    "Fill in before sending: " + ", ".join(f"⟦{clean_line(p)}⟧" for p in problems)
+                )
+            )
             status.add_class("-problem")
             return
         status.remove_class("-problem")
@@ -298,7 +325,9 @@ class Composer(Vertical):
     def action_editor(self) -> None:
         """Continue in the external editor; the console suspends meanwhile."""
         try:
-            result = edit_text(self.app, self.text, suffix=".txt" if self.kind == NOTE else ".eml.txt")
+            result = edit_text(
+                self.app, self.text, suffix=".txt" if self.kind == NOTE else ".eml.txt"
+            )
         except EditorError as exc:
             self.notify(str(exc), title="Editor", severity="error", markup=False)
             return
@@ -375,12 +404,28 @@ class ReviewScreen(ModalScreen[ReviewResult]):
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+s", "decide('send')", "Send", priority=True, id="review.send",
-                tooltip="Send the reply (or add the note) now"),
-        Binding("escape", "decide('edit')", "Edit", id="review.edit",
-                tooltip="Back to the text; nothing is sent"),
-        Binding("ctrl+x", "decide('discard')", "Discard", id="review.discard",
-                tooltip="Throw the text and its draft away (asks first)"),
+        Binding(
+            "ctrl+s",
+            "decide('send')",
+            "Send",
+            priority=True,
+            id="review.send",
+            tooltip="Send the reply (or add the note) now",
+        ),
+        Binding(
+            "escape",
+            "decide('edit')",
+            "Edit",
+            id="review.edit",
+            tooltip="Back to the text; nothing is sent",
+        ),
+        Binding(
+            "ctrl+x",
+            "decide('discard')",
+            "Discard",
+            id="review.discard",
+            tooltip="Throw the text and its draft away (asks first)",
+        ),
     ]
 
     def __init__(
@@ -412,16 +457,23 @@ class ReviewScreen(ModalScreen[ReviewResult]):
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="review-box"):
             what = "reply" if self.kind == REPLY else "internal note"
-            yield Static(Content.assemble(
-                (f"Review {what} on #{self.number}", "bold"),
-                ("   ctrl+s send · esc edit · ctrl+x discard", "dim"),
-            ), id="review-title")
+            yield Static(
+                Content.assemble(
+                    (f"Review {what} on #{self.number}", "bold"),
+                    ("   ctrl+s send · esc edit · ctrl+x discard", "dim"),
+                ),
+                id="review-title",
+            )
             if self.newer:
                 with VerticalScroll(id="review-newer"):
                     count = len(self.newer)
-                    yield Static(Content(
-                        f"{count} new {'entry was' if count == 1 else 'entries were'} added "
-                        "while you were writing. Read before sending:"), id="review-newer-title")
+                    yield Static(
+                        Content(
+                            f"{count} new {'entry was' if count == 1 else 'entries were'} added "
+                            "while you were writing. Read before sending:"
+                        ),
+                        id="review-newer-title",
+                    )
                     for info in self.newer:
                         yield ArticleView(info, show_quotes=False, now=self.now)
             if self.kind == REPLY:
@@ -430,8 +482,11 @@ class ReviewScreen(ModalScreen[ReviewResult]):
                     yield Static(Content(clean_line(self.to) or "(no address!)"), id="review-to")
                 with Horizontal(classes="review-row"):
                     yield Static(Content("Cc"), classes="review-label")
-                    yield Input(value=self.cc, placeholder="more recipients, comma-separated",
-                                id="review-cc")
+                    yield Input(
+                        value=self.cc,
+                        placeholder="more recipients, comma-separated",
+                        id="review-cc",
+                    )
                 with Horizontal(classes="review-row"):
                     yield Static(Content("Status"), classes="review-label")
                     yield Select(
@@ -441,15 +496,23 @@ class ReviewScreen(ModalScreen[ReviewResult]):
                         id="review-status",
                     )
             else:
-                yield Static(Content(
-                    "INTERNAL NOTE — not sent to the customer. "
-                    f"Status stays {self.current_status_label}."), id="review-internal")
+                yield Static(
+                    Content(
+                        "INTERNAL NOTE — not sent to the customer. "
+                        f"Status stays {self.current_status_label}."
+                    ),
+                    id="review-internal",
+                )
             with VerticalScroll(id="review-body"):
                 yield Static(Content(clean_text(self.body)))
             with Horizontal(id="review-buttons"):
-                yield Button("Send" if self.kind == REPLY and not self.newer else
-                             ("Send anyway" if self.kind == REPLY else "Add note"),
-                             id="send", variant="success" if self.kind == REPLY else "warning")
+                yield Button(
+                    "Send"
+                    if self.kind == REPLY and not self.newer
+                    else ("Send anyway" if self.kind == REPLY else "Add note"),
+                    id="send",
+                    variant="success" if self.kind == REPLY else "warning",
+                )
                 yield Button("Edit", id="edit", variant="primary")
                 yield Button("Discard", id="discard", variant="error")
 
@@ -497,12 +560,27 @@ class DraftOfferScreen(ModalScreen[str]):
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("r", "decide('resume')", "Resume", id="draft.resume",
-                tooltip="Open the composer with the draft"),
-        Binding("l,escape", "decide('later')", "Later", id="draft.later",
-                tooltip="Keep the draft; r or n opens it later"),
-        Binding("d", "decide('discard')", "Discard", id="draft.discard",
-                tooltip="Throw the draft away (asks first)"),
+        Binding(
+            "r",
+            "decide('resume')",
+            "Resume",
+            id="draft.resume",
+            tooltip="Open the composer with the draft",
+        ),
+        Binding(
+            "l,escape",
+            "decide('later')",
+            "Later",
+            id="draft.later",
+            tooltip="Keep the draft; r or n opens it later",
+        ),
+        Binding(
+            "d",
+            "decide('discard')",
+            "Discard",
+            id="draft.discard",
+            tooltip="Throw the draft away (asks first)",
+        ),
     ]
 
     def __init__(self, kind: str, body: str, saved_at: datetime | None) -> None:
@@ -515,8 +593,9 @@ class DraftOfferScreen(ModalScreen[str]):
         what = "reply" if self.kind == REPLY else "internal note"
         when = f" (saved {self.saved_at.astimezone():%Y-%m-%d %H:%M})" if self.saved_at else ""
         with Vertical():
-            yield Static(Content(f"You have an unsent {what} on this ticket{when}."),
-                         id="draft-question")
+            yield Static(
+                Content(f"You have an unsent {what} on this ticket{when}."), id="draft-question"
+            )
             with VerticalScroll(id="draft-preview"):
                 yield Static(Content(clean_text(self.body)))
             with Horizontal():
@@ -543,8 +622,14 @@ def reply_statuses(current: str, labels: Mapping[str, str]) -> list[tuple[Status
 
     now = Status(current)
     allowed = set(lifecycle.TRANSITIONS.get(now, frozenset())) | {now}
-    order = [Status.ANSWERED, Status.PENDING, Status.ON_HOLD, Status.OPEN, Status.SOLVED,
-             Status.CLOSED]
+    order = [
+        Status.ANSWERED,
+        Status.PENDING,
+        Status.ON_HOLD,
+        Status.OPEN,
+        Status.SOLVED,
+        Status.CLOSED,
+    ]
     out: list[tuple[Status, str]] = []
     for status in order:
         if status in allowed:

@@ -104,38 +104,122 @@ class TicketScreen(Screen[None]):
     AUTO_FOCUS = "#thread"
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("r", "compose('reply')", "Reply", id="ticket.reply",
-                tooltip="Write a reply to the customer"),
-        Binding("n", "compose('note')", "Note", id="ticket.note",
-                tooltip="Write an internal note (never sent to the customer)"),
-        Binding("a", "assign", "Assign", id="ticket.assign",
-                tooltip="Assign to an agent, or unassign"),
-        Binding("s", "status", "Status", id="ticket.status",
-                tooltip="Change the status (team labels; only allowed transitions)"),
-        Binding("p", "priority", "Priority", id="ticket.priority",
-                tooltip="Override the priority, or go back to auto (impact x urgency)"),
-        Binding("i", "impact", "Impact", show=False, id="ticket.impact",
-                tooltip="Set the impact: how many people or systems are affected"),
-        Binding("u", "urgency", "Urgency", show=False, id="ticket.urgency",
-                tooltip="Set the urgency: how soon it must be fixed"),
-        Binding("t", "tags", "Tags", show=False, id="ticket.tags",
-                tooltip="Edit the tags (the list, or +add -remove)"),
-        Binding("m", "merge", "Merge", show=False, id="ticket.merge",
-                tooltip="Merge this ticket into another one (asks first)"),
-        Binding("z", "postpone", "Postpone", show=False, id="ticket.postpone",
-                tooltip="Snooze until a time: 2d, 3h, 90min, 2026-12-01T09:00"),
-        Binding("vertical_line", "pipe", "Pipe", show=False, id="ticket.pipe",
-                tooltip="Pipe the ticket (JSON) or an attachment through a shell command"),
-        Binding("S", "save_attachment", "Save attachment", show=False, id="ticket.save",
-                tooltip="Save an attachment into a folder you choose"),
-        Binding("T", "toggle_quotes", "Quotes", id="ticket.quotes",
-                tooltip="Show or fold quoted earlier text"),
-        Binding("c", "toggle_customer", "Customer", id="ticket.customer",
-                tooltip="Show or hide the customer panel (contact, organization, tickets)"),
-        Binding("e", "editor", "Editor", show=False, id="ticket.editor",
-                tooltip="Continue the reply or note in $VISUAL / $EDITOR"),
-        Binding("q,escape", "back", "Back", id="ticket.back",
-                tooltip="Back to the queue (a draft is kept)"),
+        Binding(
+            "r",
+            "compose('reply')",
+            "Reply",
+            id="ticket.reply",
+            tooltip="Write a reply to the customer",
+        ),
+        Binding(
+            "n",
+            "compose('note')",
+            "Note",
+            id="ticket.note",
+            tooltip="Write an internal note (never sent to the customer)",
+        ),
+        Binding(
+            "a", "assign", "Assign", id="ticket.assign", tooltip="Assign to an agent, or unassign"
+        ),
+        Binding(
+            "s",
+            "status",
+            "Status",
+            id="ticket.status",
+            tooltip="Change the status (team labels; only allowed transitions)",
+        ),
+        Binding(
+            "p",
+            "priority",
+            "Priority",
+            id="ticket.priority",
+            tooltip="Override the priority, or go back to auto (impact x urgency)",
+        ),
+        Binding(
+            "i",
+            "impact",
+            "Impact",
+            show=False,
+            id="ticket.impact",
+            tooltip="Set the impact: how many people or systems are affected",
+        ),
+        Binding(
+            "u",
+            "urgency",
+            "Urgency",
+            show=False,
+            id="ticket.urgency",
+            tooltip="Set the urgency: how soon it must be fixed",
+        ),
+        Binding(
+            "t",
+            "tags",
+            "Tags",
+            show=False,
+            id="ticket.tags",
+            tooltip="Edit the tags (the list, or +add -remove)",
+        ),
+        Binding(
+            "m",
+            "merge",
+            "Merge",
+            show=False,
+            id="ticket.merge",
+            tooltip="Merge this ticket into another one (asks first)",
+        ),
+        Binding(
+            "z",
+            "postpone",
+            "Postpone",
+            show=False,
+            id="ticket.postpone",
+            tooltip="Snooze until a time: 2d, 3h, 90min, 2026-12-01T09:00",
+        ),
+        Binding(
+            "vertical_line",
+            "pipe",
+            "Pipe",
+            show=False,
+            id="ticket.pipe",
+            tooltip="Pipe the ticket (JSON) or an attachment through a shell command",
+        ),
+        Binding(
+            "S",
+            "save_attachment",
+            "Save attachment",
+            show=False,
+            id="ticket.save",
+            tooltip="Save an attachment into a folder you choose",
+        ),
+        Binding(
+            "T",
+            "toggle_quotes",
+            "Quotes",
+            id="ticket.quotes",
+            tooltip="Show or fold quoted earlier text",
+        ),
+        Binding(
+            "c",
+            "toggle_customer",
+            "Customer",
+            id="ticket.customer",
+            tooltip="Show or hide the customer panel (contact, organization, tickets)",
+        ),
+        Binding(
+            "e",
+            "editor",
+            "Editor",
+            show=False,
+            id="ticket.editor",
+            tooltip="Continue the reply or note in $VISUAL / $EDITOR",
+        ),
+        Binding(
+            "q,escape",
+            "back",
+            "Back",
+            id="ticket.back",
+            tooltip="Back to the queue (a draft is kept)",
+        ),
     ]
 
     #: Display state, pushed down into the widgets with data binding.
@@ -259,8 +343,7 @@ class TicketScreen(Screen[None]):
                 self.dismiss()
             return False
         except StoreError as exc:
-            self.notify(str(exc), title="Could not read the ticket", severity="error",
-                        markup=False)
+            self.notify(str(exc), title="Could not read the ticket", severity="error", markup=False)
             return False
         self._show(detail)
         if first:
@@ -281,12 +364,14 @@ class TicketScreen(Screen[None]):
         derived = lifecycle.derive_priority(Level(t.impact), Level(t.urgency), self._matrix)
         customer_label = ""
         if t.customer is not None:
-            customer_label = (f"{t.customer.name} <{t.customer.email}>" if t.customer.name
-                              else t.customer.email)
+            customer_label = (
+                f"{t.customer.name} <{t.customer.email}>" if t.customer.name else t.customer.email
+            )
         self.now = self.service.clock()
         self.header_info = HeaderInfo.from_detail(detail, self._labels, derived)
-        self.article_infos = tuple(ArticleInfo.from_article(a, customer_label)
-                                   for a in detail.articles)
+        self.article_infos = tuple(
+            ArticleInfo.from_article(a, customer_label) for a in detail.articles
+        )
         self.customer_info = CustomerInfo.from_customer(t.customer) if t.customer else None
         self.sub_title = f"#{t.number}"
         composer = self.composer
@@ -314,8 +399,13 @@ class TicketScreen(Screen[None]):
             self.notify(str(exc), severity="error", markup=False)
             return
         self.customer_tickets = tuple(
-            OtherTicket(t.number, clean_line(t.subject), clean_line(self.status_label(t.status)),
-                        t.updated_at, current=t.number == self.number)
+            OtherTicket(
+                t.number,
+                clean_line(t.subject),
+                clean_line(self.status_label(t.status)),
+                t.updated_at,
+                current=t.number == self.number,
+            )
             for t in tickets
         )
 
@@ -366,8 +456,9 @@ class TicketScreen(Screen[None]):
             return
         app: Any = self.app
         with contextlib.suppress(StoreError):
-            await self.service.touch_presence(app.me.id, app.session_id, self.presence_ticket_id,
-                                              self.presence_mode)
+            await self.service.touch_presence(
+                app.me.id, app.session_id, self.presence_ticket_id, self.presence_mode
+            )
 
     def _set_mode(self, mode: str) -> None:
         if mode != self.presence_mode:
@@ -427,8 +518,9 @@ class TicketScreen(Screen[None]):
         login = await self._ask(agent_picker(agents, current, self.me.login))
         if login is None or login == (current or UNASSIGN):
             return
-        await self._update(f"Assigned to {login}" if login else "Unassigned",
-                           assignee=login or None)
+        await self._update(
+            f"Assigned to {login}" if login else "Unassigned", assignee=login or None
+        )
 
     @work(exclusive=True, group="ticket-action", exit_on_error=False)
     async def action_status(self) -> None:
@@ -437,8 +529,10 @@ class TicketScreen(Screen[None]):
             return
         current = detail.ticket.status
         if not lifecycle.TRANSITIONS.get(Status(current)):
-            self.notify(f"#{self.number} is {self.status_label(current)}; its status is final.",
-                        markup=False)
+            self.notify(
+                f"#{self.number} is {self.status_label(current)}; its status is final.",
+                markup=False,
+            )
             return
         status = await self._ask(status_picker(current, self._labels))
         if status is None or status.value == current:
@@ -446,10 +540,13 @@ class TicketScreen(Screen[None]):
         if status is Status.POSTPONED:
             await self._postpone()
             return
-        if status is Status.CLOSED and not await self._ask(ConfirmScreen(
-            f"Close #{self.number}? A closed ticket cannot be reopened.",
-            "A customer reply to it will open a new, linked ticket.", yes="Close",
-        )):
+        if status is Status.CLOSED and not await self._ask(
+            ConfirmScreen(
+                f"Close #{self.number}? A closed ticket cannot be reopened.",
+                "A customer reply to it will open a new, linked ticket.",
+                yes="Close",
+            )
+        ):
             return
         await self._update(f"Status: {self.status_label(status.value)}", status=status)
 
@@ -521,8 +618,9 @@ class TicketScreen(Screen[None]):
         except ValueError as exc:
             self.notify(str(exc), severity="error", markup=False)
             return
-        await self._update(f"Postponed until {when.astimezone():%Y-%m-%d %H:%M}",
-                           postpone_until=when)
+        await self._update(
+            f"Postponed until {when.astimezone():%Y-%m-%d %H:%M}", postpone_until=when
+        )
 
     @work(exclusive=True, group="ticket-action", exit_on_error=False)
     async def action_merge(self) -> None:
@@ -541,12 +639,14 @@ class TicketScreen(Screen[None]):
         except StoreError as exc:
             self.notify(str(exc), severity="error", markup=False)
             return
-        sure = await self._ask(ConfirmScreen(
-            f"Merge #{self.number} into #{into}? This cannot be undone.",
-            f"#{into}: {clean_line(target.subject)}\n"
-            f"The thread of #{self.number} moves there; #{self.number} becomes 'merged'.",
-            yes="Merge",
-        ))
+        sure = await self._ask(
+            ConfirmScreen(
+                f"Merge #{self.number} into #{into}? This cannot be undone.",
+                f"#{into}: {clean_line(target.subject)}\n"
+                f"The thread of #{self.number} moves there; #{self.number} becomes 'merged'.",
+                yes="Merge",
+            )
+        )
         if not sure:
             return
         try:
@@ -561,8 +661,11 @@ class TicketScreen(Screen[None]):
         self.show_quotes = not self.show_quotes
         shown = sum(1 for info in self.article_infos if info.quoted_lines)
         if shown:
-            self.notify("Quoted text shown" if self.show_quotes else "Quoted text folded",
-                        timeout=2, markup=False)
+            self.notify(
+                "Quoted text shown" if self.show_quotes else "Quoted text folded",
+                timeout=2,
+                markup=False,
+            )
 
     def action_toggle_customer(self) -> None:
         show = not self.has_class("-customer")
@@ -585,7 +688,9 @@ class TicketScreen(Screen[None]):
         self.dismiss()
 
     # ----------------------------------------------------------------- pipe & attachments
-    async def _choose_attachment(self, title: str, allow_ticket: bool) -> AttachmentInfo | str | None:
+    async def _choose_attachment(
+        self, title: str, allow_ticket: bool
+    ) -> AttachmentInfo | str | None:
         atts = self.attachments()
         choices: list[tuple[str, Any]] = []
         if allow_ticket:
@@ -661,12 +766,16 @@ class TicketScreen(Screen[None]):
             try:
                 path = await asyncio.to_thread(save_attachment, folder, att.filename, data)
             except FileExistsError:
-                if not await self._ask(ConfirmScreen(
-                    f"{name} already exists in {folder}. Overwrite it?", yes="Overwrite",
-                )):
+                if not await self._ask(
+                    ConfirmScreen(
+                        f"{name} already exists in {folder}. Overwrite it?",
+                        yes="Overwrite",
+                    )
+                ):
                     return
-                path = await asyncio.to_thread(save_attachment, folder, att.filename, data,
-                                               overwrite=True)
+                path = await asyncio.to_thread(
+                    save_attachment, folder, att.filename, data, overwrite=True
+                )
         except (SaveError, StoreError, OSError) as exc:
             self.notify(str(exc), title="Not saved", severity="error", markup=False)
             return
@@ -682,11 +791,15 @@ class TicketScreen(Screen[None]):
         if detail is None:
             return
         if kind == REPLY and detail.ticket.status in (Status.CLOSED.value, Status.MERGED.value):
-            where = (f" (merged into #{detail.merged_into_number})"
-                     if detail.merged_into_number else "")
-            self.notify(f"#{self.number} is {self.status_label(detail.ticket.status)}{where}; "
-                        "it cannot be replied to. A note is still possible.",
-                        severity="warning", markup=False)
+            where = (
+                f" (merged into #{detail.merged_into_number})" if detail.merged_into_number else ""
+            )
+            self.notify(
+                f"#{self.number} is {self.status_label(detail.ticket.status)}{where}; "
+                "it cannot be replied to. A note is still possible.",
+                severity="warning",
+                markup=False,
+            )
             return
         composer = self.composer
         if self.composing and composer.kind == kind:
@@ -704,9 +817,13 @@ class TicketScreen(Screen[None]):
         newest = max((a.id for a in detail.articles), default=0)
         self.add_class("-composing")
         if draft is not None:
-            composer.start(kind, detail.ticket.id, draft.body,
-                           draft.base_article_id if draft.base_article_id is not None else newest,
-                           saved_at=draft.updated_at)
+            composer.start(
+                kind,
+                detail.ticket.id,
+                draft.body,
+                draft.base_article_id if draft.base_article_id is not None else newest,
+                saved_at=draft.updated_at,
+            )
         else:
             composer.start(kind, detail.ticket.id, "", newest)
         self._set_mode("composing")
@@ -739,8 +856,11 @@ class TicketScreen(Screen[None]):
         if detail is None:
             return
         try:
-            drafts = [d for d in await self.service.drafts_for(self.me.id, detail.ticket.id)
-                      if d.body.strip()]
+            drafts = [
+                d
+                for d in await self.service.drafts_for(self.me.id, detail.ticket.id)
+                if d.body.strip()
+            ]
         except StoreError:
             return
         drafts.sort(key=lambda d: (d.kind != REPLY, d.updated_at))
@@ -749,8 +869,9 @@ class TicketScreen(Screen[None]):
             if choice == "resume":
                 self._start_composing(draft.kind, draft)
             elif choice == "discard":
-                sure = await self._ask(ConfirmScreen(
-                    "Discard the draft? Its text is gone for good.", yes="Discard"))
+                sure = await self._ask(
+                    ConfirmScreen("Discard the draft? Its text is gone for good.", yes="Discard")
+                )
                 if sure:
                     await self.service.delete_draft(self.me.id, detail.ticket.id, draft.kind)
                     self.notify("Draft discarded", timeout=2, markup=False)
@@ -784,28 +905,32 @@ class TicketScreen(Screen[None]):
         newer: list[ArticleInfo] = []
         if composer.base_article_id is not None:
             try:
-                after = await self.service.articles_after(detail.ticket.id,
-                                                          composer.base_article_id)
+                after = await self.service.articles_after(
+                    detail.ticket.id, composer.base_article_id
+                )
             except StoreError:
                 after = []
             by_id = {info.id: info for info in self.article_infos}
-            newer = [by_id[a.id] for a in after
-                     if a.id in by_id and a.author_agent_id != self.me.id]
+            newer = [
+                by_id[a.id] for a in after if a.id in by_id and a.author_agent_id != self.me.id
+            ]
         t = detail.ticket
         statuses = reply_statuses(t.status, self._labels) if kind == REPLY else []
         values = [s for s, _ in statuses]
         default = Status.ANSWERED if Status.ANSWERED in values else (values[0] if values else None)
-        result = await self._ask(ReviewScreen(
-            kind=kind,
-            number=self.number,
-            body=body,
-            to=t.customer.email if t.customer else "",
-            statuses=statuses,
-            default_status=default,
-            current_status_label=self.status_label(t.status),
-            newer=newer,
-            now=self.service.clock(),
-        ))
+        result = await self._ask(
+            ReviewScreen(
+                kind=kind,
+                number=self.number,
+                body=body,
+                to=t.customer.email if t.customer else "",
+                statuses=statuses,
+                default_status=default,
+                current_status_label=self.status_label(t.status),
+                newer=newer,
+                now=self.service.clock(),
+            )
+        )
         if newer and composer.base_article_id is not None:
             # They have seen these now; warn again only about entries newer still.
             composer.base_article_id = max(info.id for info in newer)
@@ -813,8 +938,9 @@ class TicketScreen(Screen[None]):
             composer.text_area.focus()
             return
         if result.action == "discard":
-            if await self._ask(ConfirmScreen("Discard this text? It is gone for good.",
-                                             yes="Discard")):
+            if await self._ask(
+                ConfirmScreen("Discard this text? It is gone for good.", yes="Discard")
+            ):
                 await self._discard(kind)
             else:
                 composer.text_area.focus()
@@ -844,15 +970,23 @@ class TicketScreen(Screen[None]):
             return
         send: Callable[[], Awaitable[Any]]
         if kind == REPLY:
+
             def send() -> Awaitable[Any]:
                 return self.service.add_reply(
-                    self.actor, self.number, body, status=status,
-                    cc_addrs=", ".join(cc_list), expected_version=version,
+                    self.actor,
+                    self.number,
+                    body,
+                    status=status,
+                    cc_addrs=", ".join(cc_list),
+                    expected_version=version,
                 )
         else:
+
             def send() -> Awaitable[Any]:
-                return self.service.add_note(self.actor, self.number, body,
-                                             expected_version=version)
+                return self.service.add_note(
+                    self.actor, self.number, body, expected_version=version
+                )
+
         try:
             await send()
         except ConflictError as exc:
@@ -879,24 +1013,34 @@ class TicketScreen(Screen[None]):
     def palette_commands(self) -> Iterable[PaletteCommand]:
         """Commands on top of the key bindings: canned responses, linked and other tickets."""
         if self.composing:
-            yield PaletteCommand("Ticket: Insert canned response",
-                                 "Fuzzy search, preview, variables filled in (ctrl+t)",
-                                 self.composer.action_canned)
-            yield PaletteCommand("Ticket: Review and send", "The review step (ctrl+s)",
-                                 self.composer.request_review)
+            yield PaletteCommand(
+                "Ticket: Insert canned response",
+                "Fuzzy search, preview, variables filled in (ctrl+t)",
+                self.composer.action_canned,
+            )
+            yield PaletteCommand(
+                "Ticket: Review and send", "The review step (ctrl+s)", self.composer.request_review
+            )
         detail = self.detail
         if detail is not None and detail.merged_into_number:
             into = detail.merged_into_number
-            yield PaletteCommand(f"Ticket: Open #{into} (merged into)",
-                                 "The ticket this one was merged into", self._opener(into))
+            yield PaletteCommand(
+                f"Ticket: Open #{into} (merged into)",
+                "The ticket this one was merged into",
+                self._opener(into),
+            )
         if detail is not None:
             for kind, number in detail.links:
-                yield PaletteCommand(f"Ticket: Open #{number} ({kind})", "A linked ticket",
-                                     self._opener(number))
+                yield PaletteCommand(
+                    f"Ticket: Open #{number} ({kind})", "A linked ticket", self._opener(number)
+                )
         for other in self.customer_tickets:
             if not other.current:
-                yield PaletteCommand(f"Ticket: Open #{other.number} {other.subject}",
-                                     "Another ticket of this customer", self._opener(other.number))
+                yield PaletteCommand(
+                    f"Ticket: Open #{other.number} {other.subject}",
+                    "Another ticket of this customer",
+                    self._opener(other.number),
+                )
 
     def _opener(self, number: int) -> Callable[[], None]:
         def run() -> None:

@@ -73,12 +73,17 @@ class OtherTicket:
 def render_customer(info: CustomerInfo) -> Content:
     """Contact details and organization as plain spans."""
     parts: list[str | tuple[str, str]] = [
-        (info.name or "(no name)", "bold"), ("\n", ""), (info.email, ""),
+        (info.name or "(no name)", "bold"),
+        ("\n", ""),
+        (info.email, ""),
     ]
     for email in info.other_emails:
         parts += [("\n", ""), (email, "dim")]
-    for label, value in (("phone", info.phone), ("language", info.language),
-                         ("timezone", info.timezone)):
+    for label, value in (
+        ("phone", info.phone),
+        ("language", info.language),
+        ("timezone", info.timezone),
+    ):
         if value:
             parts += [("\n", ""), (f"{label} ", "dim"), (value, "")]
     if info.notes:
@@ -101,10 +106,22 @@ class CustomerTickets(OptionList):
     """The customer's tickets; Enter opens one."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("j", "cursor_down", "Down", show=False, id="customer.down",
-                tooltip="Next ticket of this customer"),
-        Binding("k", "cursor_up", "Up", show=False, id="customer.up",
-                tooltip="Previous ticket of this customer"),
+        Binding(
+            "j",
+            "cursor_down",
+            "Down",
+            show=False,
+            id="customer.down",
+            tooltip="Next ticket of this customer",
+        ),
+        Binding(
+            "k",
+            "cursor_up",
+            "Up",
+            show=False,
+            id="customer.up",
+            tooltip="Previous ticket of this customer",
+        ),
     ]
 
 

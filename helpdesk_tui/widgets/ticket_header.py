@@ -118,13 +118,17 @@ def render_header(
             parts.append((f"; matrix: {info.derived_priority}", "$warning"))
         parts.append((")", "$warning"))
     parts += [
-        ("  assignee ", "dim"), (info.assignee or "unassigned", "bold" if info.assignee else "dim"),
+        ("  assignee ", "dim"),
+        (info.assignee or "unassigned", "bold" if info.assignee else "dim"),
         ("\n", ""),
-        ("impact ", "dim"), (info.impact, ""),
-        ("  urgency ", "dim"), (info.urgency, ""),
-        ("  queue ", "dim"), (info.queue or "none", "" if info.queue else "dim"),
-        ("  tags ", "dim"), (", ".join(info.tags) if info.tags else "none",
-                             "" if info.tags else "dim"),
+        ("impact ", "dim"),
+        (info.impact, ""),
+        ("  urgency ", "dim"),
+        (info.urgency, ""),
+        ("  queue ", "dim"),
+        (info.queue or "none", "" if info.queue else "dim"),
+        ("  tags ", "dim"),
+        (", ".join(info.tags) if info.tags else "none", "" if info.tags else "dim"),
         ("\n", ""),
     ]
     if info.customer_name:

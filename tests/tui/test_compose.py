@@ -70,8 +70,10 @@ async def test_reply_with_a_canned_response_through_the_review_step(
         assert "INTERNAL NOTE" not in text
         await pilot.press("ctrl+s")
         await until(pilot, lambda: not screen.composing)
-        await until(pilot, lambda: screen.header_info is not None
-                    and screen.header_info.status == "answered")
+        await until(
+            pilot,
+            lambda: screen.header_info is not None and screen.header_info.status == "answered",
+        )
     detail = await other_service.ticket_detail(rich.printer)
     reply = detail.articles[-1]
     assert reply.kind == "email_out" and reply.delivery_status == "queued"
@@ -131,8 +133,10 @@ async def test_unknown_variables_are_flagged_and_block_sending(
         await until(pilot, lambda: not isinstance(app.screen, ReviewScreen))
         assert screen.composing
     detail = await other_service.ticket_detail(rich.printer)
-    assert detail.articles[-1].kind != "email_out" or "Our manager" not in \
-        detail.articles[-1].body_text
+    assert (
+        detail.articles[-1].kind != "email_out"
+        or "Our manager" not in detail.articles[-1].body_text
+    )
 
 
 async def test_internal_note_says_it_is_not_sent(
@@ -261,8 +265,11 @@ async def test_a_reply_added_meanwhile_is_shown_before_sending(
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await start(app, pilot, rich)
         await type_text(pilot, "My answer")
-        await other_service.add_reply(Actor("agent", "bob", bob.id), rich.printer,
-                                      "Bob here: replaced the fuser, should work now.")
+        await other_service.add_reply(
+            Actor("agent", "bob", bob.id),
+            rich.printer,
+            "Bob here: replaced the fuser, should work now.",
+        )
         await pilot.press("ctrl+s")
         await until(pilot, lambda: isinstance(app.screen, ReviewScreen))
         await pilot.pause()
@@ -309,8 +316,11 @@ async def test_a_customer_mail_arriving_meanwhile_is_also_shown(
     async with app.run_test(size=(120, 40)) as pilot:
         await start(app, pilot, rich, key="n")
         await type_text(pilot, "note")
-        await other_service.add_customer_message(MAIL, rich.printer, ArticleInput(
-            kind=ArticleKind.EMAIL_IN, body="Never mind, it works now!"))
+        await other_service.add_customer_message(
+            MAIL,
+            rich.printer,
+            ArticleInput(kind=ArticleKind.EMAIL_IN, body="Never mind, it works now!"),
+        )
         await pilot.press("ctrl+s")
         await until(pilot, lambda: isinstance(app.screen, ReviewScreen))
         await pilot.pause()
@@ -319,7 +329,10 @@ async def test_a_customer_mail_arriving_meanwhile_is_also_shown(
 
 # --------------------------------------------------------------------------- editor
 async def test_external_editor_takes_over_the_text(
-    seeded_url: str, rich: Rich, make_app: AppFactory, tmp_path: Path,
+    seeded_url: str,
+    rich: Rich,
+    make_app: AppFactory,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     script = tmp_path / "fake-editor"
@@ -357,7 +370,10 @@ def test_canned_search_is_fuzzy_over_names_and_bodies() -> None:
         CannedItem(3, "Password reset", "use the reset link"),
     ]
     assert [i.name for i, _ in search_canned("", items)] == [
-        "Password reset", "Printer: restart steps", "Refund approved"]
+        "Password reset",
+        "Printer: restart steps",
+        "Refund approved",
+    ]
     assert search_canned("refnd", items)[0][0].id == 2
     assert search_canned("money", items)[0][0].id == 2  # found in the body
     assert search_canned("pasword", items)[0][0].id == 3

@@ -82,10 +82,17 @@ async def test_open_shows_header_and_thread_with_the_note_distinct(
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_ticket(app, pilot, rich.printer)
         text = screen_text(app)
-        for expected in (f"#{rich.printer} {PRINTER}", " Open ", "priority high",
-                         "set by alice; matrix: normal", "assignee alice", "queue Support",
-                         "tags hardware, printer", "Carol Smith <carol@acme.com>",
-                         "org ACME Corp (vip)"):
+        for expected in (
+            f"#{rich.printer} {PRINTER}",
+            " Open ",
+            "priority high",
+            "set by alice; matrix: normal",
+            "assignee alice",
+            "queue Support",
+            "tags hardware, printer",
+            "Carol Smith <carol@acme.com>",
+            "org ACME Corp (vip)",
+        ):
             assert expected in text, expected
         screen.thread.scroll_home(animate=False)
         await pilot.pause()
@@ -127,9 +134,15 @@ async def test_hostile_strings_are_shown_as_text(
 ) -> None:
     hostile = "[/bold] [link=file:///etc/passwd]x[/link] [@click=app.quit]y \x1b]52;c;ZXZpbA==\x07z"
     await other_service.update_ticket(MAIL, rich.printer, subject=hostile)
-    await other_service.add_customer_message(MAIL, rich.printer, ArticleInput(
-        kind=ArticleKind.EMAIL_IN, body="evil \x1b[2J\x9b31m body [b]not bold[/b] \u202eexe.txt",
-        from_addr="Mallory \x1b]0;title\x07 <m@evil.example>"))
+    await other_service.add_customer_message(
+        MAIL,
+        rich.printer,
+        ArticleInput(
+            kind=ArticleKind.EMAIL_IN,
+            body="evil \x1b[2J\x9b31m body [b]not bold[/b] \u202eexe.txt",
+            from_addr="Mallory \x1b]0;title\x07 <m@evil.example>",
+        ),
+    )
     app = await make_app(seeded_url, follow_changes=False, presence_interval=0)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_ticket(app, pilot, rich.printer)
@@ -153,9 +166,16 @@ async def test_long_thread_opens_fast_and_scrolls_with_vim_keys(
         if i % 3 == 2:
             await other_service.add_note(bob, number, f"Note {i}\nchecked the logs again")
         else:
-            await other_service.add_customer_message(MAIL, number, ArticleInput(
-                kind=ArticleKind.EMAIL_IN, body=f"Message {i}\n" + "still broken\n" * 6,
-                quoted_text="> earlier\n" * 8, created_at=clock.now))
+            await other_service.add_customer_message(
+                MAIL,
+                number,
+                ArticleInput(
+                    kind=ArticleKind.EMAIL_IN,
+                    body=f"Message {i}\n" + "still broken\n" * 6,
+                    quoted_text="> earlier\n" * 8,
+                    created_at=clock.now,
+                ),
+            )
     clock.now = start
     app = await make_app(seeded_url, follow_changes=False, presence_interval=0)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -254,8 +274,9 @@ async def test_priority_override_shows_its_author_and_auto_drops_it(
         assert t.priority == Priority.NORMAL and t.priority_override_by is None
         await pilot.press("p")
         await choose(pilot, app, "urgent")
-        await until(pilot, lambda: "priority urgent (set by alice; matrix: normal)"
-                    in screen_text(app))
+        await until(
+            pilot, lambda: "priority urgent (set by alice; matrix: normal)" in screen_text(app)
+        )
         t = await other_service.get_ticket(rich.printer)
         assert t.priority == Priority.URGENT and t.priority_override_by == "agent:alice"
 
@@ -316,8 +337,7 @@ async def test_merge_asks_first_and_shows_the_pointer(
         await until(pilot, lambda: f"Merged into #{rich.vpn}" in screen_text(app))
         t = await other_service.get_ticket(rich.printer)
         assert t.status == "merged"
-        assert any(f"Merged into #{rich.vpn}" in info.body for info in
-                   current(app).article_infos)
+        assert any(f"Merged into #{rich.vpn}" in info.body for info in current(app).article_infos)
 
 
 async def test_merge_into_itself_is_refused_in_the_prompt(
@@ -354,8 +374,11 @@ async def test_customer_panel_lists_other_tickets_and_opens_them(
     seeded_url: str, rich: Rich, make_app: AppFactory, other_service: Service
 ) -> None:
     other = await other_service.create_ticket(
-        MAIL, subject="Toner is empty", customer_email="carol@acme.com",
-        article=ArticleInput(kind=ArticleKind.EMAIL_IN, body="Toner please"))
+        MAIL,
+        subject="Toner is empty",
+        customer_email="carol@acme.com",
+        article=ArticleInput(kind=ArticleKind.EMAIL_IN, body="Toner please"),
+    )
     app = await make_app(seeded_url, follow_changes=False, presence_interval=0)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_ticket(app, pilot, rich.printer)
@@ -367,18 +390,24 @@ async def test_customer_panel_lists_other_tickets_and_opens_them(
         assert f"#{other.number}" in text and "Toner is empty" in text
         options = screen.query_one("#customer-tickets", OptionList)
         assert options.has_focus
-        options.highlighted = next(i for i, t in enumerate(screen.customer_tickets)
-                                   if t.number == other.number)
+        options.highlighted = next(
+            i for i, t in enumerate(screen.customer_tickets) if t.number == other.number
+        )
         await pilot.press("enter")
-        await until(pilot, lambda: isinstance(app.screen, TicketScreen)
-                    and app.screen is not screen and app.screen.loaded.is_set())
+        await until(
+            pilot,
+            lambda: (
+                isinstance(app.screen, TicketScreen)
+                and app.screen is not screen
+                and app.screen.loaded.is_set()
+            ),
+        )
         assert current(app).number == other.number
         await pilot.press("q")
         await until(pilot, lambda: app.screen is screen)
         await pilot.press("c")
         await pilot.pause()
-        assert not screen.query_one("#customer-panel").display or \
-            not screen.has_class("-customer")
+        assert not screen.query_one("#customer-panel").display or not screen.has_class("-customer")
 
 
 # --------------------------------------------------------------------------- live & conflicts
@@ -389,8 +418,9 @@ async def test_conflict_shows_a_clear_message_and_reloads(
     async with app.run_test(size=(120, 40)) as pilot:
         await open_ticket(app, pilot, rich.printer)
         # Another agent changes the ticket; this console has not heard of it yet.
-        await other_service.update_ticket(await bob_actor(other_service), rich.printer,
-                                          status=Status.ON_HOLD)
+        await other_service.update_ticket(
+            await bob_actor(other_service), rich.printer, status=Status.ON_HOLD
+        )
         assert " Open " in screen_text(app)
         await pilot.press("s")
         await choose(pilot, app, "Pending")
@@ -416,8 +446,11 @@ async def test_live_update_keeps_the_scroll_position(
         thread.scroll_to(y=3, animate=False)
         await pilot.pause()
         before = len(screen.article_infos)
-        await other_service.add_customer_message(MAIL, rich.printer, ArticleInput(
-            kind=ArticleKind.EMAIL_IN, body="Any news? It is still jammed."))
+        await other_service.add_customer_message(
+            MAIL,
+            rich.printer,
+            ArticleInput(kind=ArticleKind.EMAIL_IN, body="Any news? It is still jammed."),
+        )
         screen.post_message(StoreChanged(frozenset({rich.ticket_id}), frozenset({"article"})))
         await until(pilot, lambda: len(screen.article_infos) == before + 1)
         await pilot.pause()
@@ -445,8 +478,12 @@ async def test_presence_of_other_agents_is_shown(
         await until(pilot, lambda: screen.presence_mode == "composing")
 
         async def composing() -> bool:
-            return ("alice", "Alice Agent", rich.ticket_id, "composing") in \
-                await other_service.presence(rich.ticket_id)
+            return (
+                "alice",
+                "Alice Agent",
+                rich.ticket_id,
+                "composing",
+            ) in await other_service.presence(rich.ticket_id)
 
         for _ in range(100):
             if await composing():
@@ -463,9 +500,23 @@ async def test_every_ticket_action_is_a_palette_command(
     async with app.run_test(size=(120, 40)) as pilot:
         screen = await open_ticket(app, pilot, rich.printer)
         names = {c.name for c in binding_commands(screen, "Ticket")}
-        for action in ("Reply", "Note", "Assign", "Status", "Priority", "Impact", "Urgency",
-                       "Tags", "Merge", "Postpone", "Pipe", "Save attachment", "Quotes",
-                       "Customer", "Back"):
+        for action in (
+            "Reply",
+            "Note",
+            "Assign",
+            "Status",
+            "Priority",
+            "Impact",
+            "Urgency",
+            "Tags",
+            "Merge",
+            "Postpone",
+            "Pipe",
+            "Save attachment",
+            "Quotes",
+            "Customer",
+            "Back",
+        ):
             assert f"Ticket: {action}" in names, action
         ids = {b.binding.id for b in screen.active_bindings.values() if b.binding.id}
         assert {"ticket.reply", "ticket.pipe", "ticket.quotes", "thread.down"} <= ids
@@ -491,17 +542,19 @@ async def test_pipe_passes_fields_by_environment_and_json_never_the_command(
         assert printed == subject
         assert int(count.strip()) > 100  # the JSON on stdin
         await pilot.press("k")
-        await until(pilot, lambda: any(i.kind == "note" and "Output of" in i.body
-                                       for i in current(app).article_infos))
+        await until(
+            pilot,
+            lambda: any(
+                i.kind == "note" and "Output of" in i.body for i in current(app).article_infos
+            ),
+        )
     assert not marker.exists()
     detail = await other_service.ticket_detail(rich.printer)
     note = detail.articles[-1]
     assert note.kind == "note" and subject in note.body_text
 
 
-async def test_pipe_an_attachment(
-    seeded_url: str, rich: Rich, make_app: AppFactory
-) -> None:
+async def test_pipe_an_attachment(seeded_url: str, rich: Rich, make_app: AppFactory) -> None:
     app = await make_app(seeded_url, follow_changes=False, presence_interval=0)
     async with app.run_test(size=(120, 40)) as pilot:
         await open_ticket(app, pilot, rich.printer)
@@ -522,7 +575,7 @@ async def test_run_pipe_gets_data_only_through_stdin_and_env(
     env = ticket_env(detail)
     assert env["HELPDESK_TICKET_NUMBER"] == str(rich.printer)
     assert env["HELPDESK_TICKET_TAGS"] == "hardware,printer"
-    result = await run_pipe("cat; echo; printf %s \"$X\"", b"in", {**os.environ, "X": "$(id)"})
+    result = await run_pipe('cat; echo; printf %s "$X"', b"in", {**os.environ, "X": "$(id)"})
     assert result.stdout == "in\n$(id)"
 
 

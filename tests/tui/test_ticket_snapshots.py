@@ -53,8 +53,9 @@ def opener(number: int, *then: str) -> Any:
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
-def test_ticket_screen(snap_compare: Any, snap_store: tuple[str, FakeClock, Rich],
-                       size: tuple[int, int]) -> None:
+def test_ticket_screen(
+    snap_compare: Any, snap_store: tuple[str, FakeClock, Rich], size: tuple[int, int]
+) -> None:
     url, clock, rich = snap_store
     app = app_sync(url, clock, follow_changes=False, presence_interval=0)
     assert snap_compare(app, terminal_size=size, run_before=opener(rich.printer, "g"))
@@ -66,13 +67,13 @@ def test_ticket_screen_customer_panel_and_quotes(
 ) -> None:
     url, clock, rich = snap_store
     app = app_sync(url, clock, follow_changes=False, presence_interval=0)
-    assert snap_compare(app, terminal_size=size,
-                        run_before=opener(rich.printer, "T", "c"))
+    assert snap_compare(app, terminal_size=size, run_before=opener(rich.printer, "T", "c"))
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=["80x24", "120x40"])
-def test_review_step(snap_compare: Any, snap_store: tuple[str, FakeClock, Rich],
-                     size: tuple[int, int]) -> None:
+def test_review_step(
+    snap_compare: Any, snap_store: tuple[str, FakeClock, Rich], size: tuple[int, int]
+) -> None:
     url, clock, rich = snap_store
     app = app_sync(url, clock, follow_changes=False, presence_interval=0)
 

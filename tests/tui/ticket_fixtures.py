@@ -53,40 +53,60 @@ async def enrich(url: str, clock: FakeClock, numbers: dict[str, int]) -> Rich:
         org = await service.add_organization("ACME Corp", ["acme.com"], tier="vip")
         async with db.write() as session:
             await session.execute(
-                text("UPDATE customers SET organization_id = :o, phone = '+1 555 0100' "
-                     "WHERE email LIKE '%@acme.com'"), {"o": org.id})
+                text(
+                    "UPDATE customers SET organization_id = :o, phone = '+1 555 0100' "
+                    "WHERE email LIKE '%@acme.com'"
+                ),
+                {"o": org.id},
+            )
             await session.execute(
-                text("UPDATE tickets SET organization_id = :o WHERE customer_id IN "
-                     "(SELECT id FROM customers WHERE organization_id = :o)"), {"o": org.id})
+                text(
+                    "UPDATE tickets SET organization_id = :o WHERE customer_id IN "
+                    "(SELECT id FROM customers WHERE organization_id = :o)"
+                ),
+                {"o": org.id},
+            )
         start = clock.now
         clock.now = NOW - timedelta(days=8)
-        await service.add_reply(as_alice, number, "Hi Carol,\n\nwhich printer model is it?\n\nAlice")
+        await service.add_reply(
+            as_alice, number, "Hi Carol,\n\nwhich printer model is it?\n\nAlice"
+        )
         clock.now = NOW - timedelta(days=7)
-        await service.add_customer_message(MAIL, number, ArticleInput(
-            kind=ArticleKind.EMAIL_IN,
-            from_addr="Carol Smith <carol@acme.com>",
-            body="It is the HP LaserJet 4200 by the kitchen.\nPhoto attached.",
-            quoted_text="Hi Carol,\n\nwhich printer model is it?\n\nAlice",
-            attachments=[
-                AttachmentInput("jam.jpg", b"\xff\xd8\xff fake jpeg" * 100, "image/jpeg"),
-                AttachmentInput("../../escape.txt", b"not outside", "text/plain"),
-            ],
-            created_at=clock.now,
-        ))
+        await service.add_customer_message(
+            MAIL,
+            number,
+            ArticleInput(
+                kind=ArticleKind.EMAIL_IN,
+                from_addr="Carol Smith <carol@acme.com>",
+                body="It is the HP LaserJet 4200 by the kitchen.\nPhoto attached.",
+                quoted_text="Hi Carol,\n\nwhich printer model is it?\n\nAlice",
+                attachments=[
+                    AttachmentInput("jam.jpg", b"\xff\xd8\xff fake jpeg" * 100, "image/jpeg"),
+                    AttachmentInput("../../escape.txt", b"not outside", "text/plain"),
+                ],
+                created_at=clock.now,
+            ),
+        )
         clock.now = NOW - timedelta(days=6)
-        note = await service.add_note(as_bob, number, "Spare fuser unit is in room 3.12 — "
-                                                     "do NOT tell the customer about the cost.")
+        note = await service.add_note(
+            as_bob,
+            number,
+            "Spare fuser unit is in room 3.12 — do NOT tell the customer about the cost.",
+        )
         clock.now = NOW - timedelta(days=5)
-        await service.add_customer_message(MAIL, number, ArticleInput(
-            kind=ArticleKind.EMAIL_IN,
-            from_addr="Carol Smith <carol@acme.com>",
-            body="Our mail client only sends HTML; this text came from it.",
-            body_html="<p>Our mail client only sends <b>HTML</b>; this text came from it.</p>",
-            created_at=clock.now,
-        ))
+        await service.add_customer_message(
+            MAIL,
+            number,
+            ArticleInput(
+                kind=ArticleKind.EMAIL_IN,
+                from_addr="Carol Smith <carol@acme.com>",
+                body="Our mail client only sends HTML; this text came from it.",
+                body_html="<p>Our mail client only sends <b>HTML</b>; this text came from it.</p>",
+                created_at=clock.now,
+            ),
+        )
         clock.now = NOW - timedelta(days=4)
-        await service.update_ticket(as_alice, number, priority=Priority.HIGH,
-                                    tags_add=["printer"])
+        await service.update_ticket(as_alice, number, priority=Priority.HIGH, tags_add=["printer"])
         clock.now = start
         for name, body in CANNED.items():
             await service.add_canned(name, body)
