@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -219,21 +219,9 @@ def rel_time(when: datetime | None, now: datetime | None = None) -> str:
 
 def parse_when(value: str, now: datetime | None = None) -> datetime:
     """`2d`, `3h`, `90min`, `1w`, `2026-12-01`, `2026-12-01T09:00` -> aware UTC datetime."""
-    now = now or datetime.now(UTC)
-    v = value.strip().lower()
-    units = {"min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-    for unit, secs in sorted(units.items(), key=lambda kv: -len(kv[0])):
-        if v.endswith(unit) and v[: -len(unit)].isdigit():
-            return now + timedelta(seconds=int(v[: -len(unit)]) * secs)
-    try:
-        dt = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise ValueError(
-            f"cannot read the time {value!r}; use e.g. 2d, 3h, 90min, 2026-12-01T09:00"
-        ) from None
-    if dt.tzinfo is None:
-        dt = dt.astimezone()  # local time as the agent typed it
-    return dt.astimezone(UTC)
+    from store.timeparse import parse_moment
+
+    return parse_moment(value, now or datetime.now(UTC))
 
 
 def read_numbers(args: Iterable[str]) -> list[int]:
@@ -911,7 +899,9 @@ def ticket_update(
         if urgency:
             kwargs["urgency"] = lifecycle.parse_level(urgency, "urgency")
         if postpone:
-            kwargs["postpone_until"] = parse_when(postpone)
+            from store.timeparse import parse_future
+
+            kwargs["postpone_until"] = parse_future(postpone, datetime.now(UTC))
     except ValueError as exc:
         fail(str(exc), EXIT_INVALID)
     if assign is not None:
