@@ -1098,7 +1098,8 @@ def squeeze(values: Sequence[float], width: int, how: str = "sum") -> list[float
     return out
 
 
-def _hours_text(value: float | None) -> str:
+def hours_text(value: float | None) -> str:
+    """A duration in hours for people: '-', '45m', '4.2h', '3.1d'."""
     if value is None:
         return "-"
     if value < 1:
@@ -1147,8 +1148,8 @@ def render_text(report: Report, width: int = 60) -> Any:
     for name, st in (("First response", o.first_response), ("Resolution", o.resolution)):
         summary.add_row(
             name,
-            _hours_text(st.median),
-            f"median; mean {_hours_text(st.mean)}, p90 {_hours_text(st.p90)}, n={st.count}",
+            hours_text(st.median),
+            f"median; mean {hours_text(st.mean)}, p90 {hours_text(st.p90)}, n={st.count}",
         )
     summary.add_row("First-contact resolution", _pct(o.fcr.rate), f"{o.fcr.count} of {o.fcr.base}")
     summary.add_row(
@@ -1199,8 +1200,8 @@ def render_text(report: Report, width: int = 60) -> Any:
                 str(f.created),
                 str(f.solved),
                 str(f.backlog),
-                _hours_text(f.first_response.median),
-                _hours_text(f.resolution.median),
+                hours_text(f.first_response.median),
+                hours_text(f.resolution.median),
                 _pct(f.fcr.rate),
                 _pct(f.sla.rate) if f.sla.base else "-",
                 _pct(f.reopen.rate),

@@ -24,7 +24,15 @@ from helpdesk_tui.commands import PaletteCommand, ScreenCommands
 from helpdesk_tui.screens.confirm import ChoiceScreen, PromptScreen
 from helpdesk_tui.text import notify_safe, safe_line
 from store.engine import Database, StoreError
-from store.reports import Figures, Report, ReportFilter, build_report, sparkline, squeeze
+from store.reports import (
+    Figures,
+    Report,
+    ReportFilter,
+    build_report,
+    hours_text,
+    sparkline,
+    squeeze,
+)
 from store.sanitize import clean_line
 
 #: The period presets (days back from now), in the order of the period picker and keys 1-4.
@@ -105,17 +113,6 @@ def _day(value: str) -> datetime:
 
 
 # --------------------------------------------------------------------------- formatting
-def hours_text(value: float | None) -> str:
-    """A duration in hours for a card or a cell: '-', '45m', '4.2h', '3.1d'."""
-    if value is None:
-        return "-"
-    if value < 1:
-        return f"{value * 60:.0f}m"
-    if value < 48:
-        return f"{value:.1f}h"
-    return f"{value / 24:.1f}d"
-
-
 def pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.0f}%"
 
