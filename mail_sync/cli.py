@@ -69,6 +69,21 @@ JsonOpt = Annotated[
 QueueOpt = Annotated[
     str | None, typer.Option("--queue", help="Queue for mail no queue address matches.")
 ]
+# Where an IMAP or SMTP secret comes from (never the database); `mail account add` and
+# `mail smtp set` take the same four options.
+PasswordEnvOpt = Annotated[
+    str | None, typer.Option(help="Read the password from this environment variable.")
+]
+PasswordCommandOpt = Annotated[
+    str | None, typer.Option(help="Run this command (no shell) and use its first output line.")
+]
+KeyringOpt = Annotated[
+    bool, typer.Option("--keyring", help="Keep the password in the system keyring.")
+]
+OAuth2TokenOpt = Annotated[
+    str | None,
+    typer.Option(help="XOAUTH2: a command printing a fresh access token (Gmail, M365)."),
+]
 
 
 class ConnectionProblem(Exception):
@@ -159,6 +174,17 @@ def run(body: Callable[[Database], Awaitable[T]]) -> T:
         fail(f"unexpected error: {describe(exc)} (HELPDESK_DEBUG=1 shows where)", EXIT_ERROR)
 
 
+def _keyring_password(prompt: str) -> str:
+    """The password to put in the keyring: asked for on a terminal, else the first stdin line."""
+    if sys.stdin.isatty():
+        password = str(typer.prompt(prompt, hide_input=True))
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        fail("no password given for the keyring", EXIT_INVALID)
+    return password
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n")
 
@@ -185,20 +211,10 @@ def account_add(
     plain: Annotated[
         bool, typer.Option("--plain", help="No encryption (only for local test servers).")
     ] = False,
-    password_env: Annotated[
-        str | None, typer.Option(help="Read the password from this environment variable.")
-    ] = None,
-    password_command: Annotated[
-        str | None,
-        typer.Option(help="Run this command (no shell) and use its first output line."),
-    ] = None,
-    keyring: Annotated[
-        bool, typer.Option("--keyring", help="Keep the password in the system keyring.")
-    ] = False,
-    oauth2_token_command: Annotated[
-        str | None,
-        typer.Option(help="XOAUTH2: a command printing a fresh access token (Gmail, M365)."),
-    ] = None,
+    password_env: PasswordEnvOpt = None,
+    password_command: PasswordCommandOpt = None,
+    keyring: KeyringOpt = False,
+    oauth2_token_command: OAuth2TokenOpt = None,
     folder: Annotated[
         list[str] | None, typer.Option("--folder", help="Folder to sync (repeatable).")
     ] = None,
@@ -213,14 +229,7 @@ def account_add(
     modes = [m for m, on in (("tls", tls), ("starttls", starttls), ("plain", plain)) if on]
     if len(modes) > 1:
         fail("give only one of --tls, --starttls, --plain", EXIT_INVALID)
-    password: str | None = None
-    if keyring:
-        if sys.stdin.isatty():
-            password = typer.prompt(f"Password for {user}@{host}", hide_input=True)
-        else:
-            password = sys.stdin.readline().rstrip("\r\n")
-        if not password:
-            fail("no password given for the keyring", EXIT_INVALID)
+    password = _keyring_password(f"Password for {user}@{host}") if keyring else None
 
     async def body(db: Database) -> acc.AccountInfo:
         info = await acc.add_account(
@@ -682,20 +691,10 @@ def smtp_set(
     tls: Annotated[bool, typer.Option("--tls", help="Implicit TLS (port 465).")] = False,
     starttls: Annotated[bool, typer.Option("--starttls", help="STARTTLS (port 587).")] = False,
     user: Annotated[str | None, typer.Option(help="Login name (none: no AUTH).")] = None,
-    password_env: Annotated[
-        str | None, typer.Option(help="Read the password from this environment variable.")
-    ] = None,
-    password_command: Annotated[
-        str | None,
-        typer.Option(help="Run this command (no shell) and use its first output line."),
-    ] = None,
-    keyring: Annotated[
-        bool, typer.Option("--keyring", help="Keep the password in the system keyring.")
-    ] = False,
-    oauth2_token_command: Annotated[
-        str | None,
-        typer.Option(help="XOAUTH2: a command printing a fresh access token (Gmail, M365)."),
-    ] = None,
+    password_env: PasswordEnvOpt = None,
+    password_command: PasswordCommandOpt = None,
+    keyring: KeyringOpt = False,
+    oauth2_token_command: OAuth2TokenOpt = None,
     from_name: Annotated[
         str, typer.Option(help="Display name in From (an agent's reply: 'Alice via NAME').")
     ] = "Support",
@@ -737,14 +736,7 @@ def smtp_set(
         fail(f"--from must be a plain address like support@acme.com, not {from_!r}", EXIT_INVALID)
     if sent_account and not sent_folder:
         fail("--sent-account needs --sent-folder", EXIT_INVALID)
-    password: str | None = None
-    if keyring:
-        if sys.stdin.isatty():
-            password = typer.prompt(f"SMTP password for {user}@{host}", hide_input=True)
-        else:
-            password = sys.stdin.readline().rstrip("\r\n")
-        if not password:
-            fail("no password given for the keyring", EXIT_INVALID)
+    password = _keyring_password(f"SMTP password for {user}@{host}") if keyring else None
     cfg = SmtpConfig(
         host=host.strip(),
         port=port or {"tls": 465, "starttls": 587}.get(security, 25),
