@@ -39,8 +39,8 @@ from store.models import (
     Status,
     Ticket,
 )
-from store.msgid import outgoing_message_id
 from store.sanitize import clean_line, clean_text
+from store.service import Service
 from store.templates import MARK_CLOSE, MARK_OPEN, VARIABLES, context_from, render
 from store.timeparse import parse_offset
 
@@ -327,6 +327,7 @@ async def queue_surveys(db: Database, now: datetime) -> int:
             stmt = stmt.with_for_update(of=Ticket, skip_locked=True)
         tickets = list((await session.execute(stmt)).unique().scalars())
         smtp_cfg = SmtpConfig.from_setting(ctx.smtp)
+        service = Service(db)
         for ticket in tickets:
             reason = await _skip_reason(session, ticket, ctx)
             body: str | None = None
@@ -338,49 +339,20 @@ async def queue_surveys(db: Database, now: datetime) -> int:
                 continue
             assert ticket.customer is not None
             rcpt = ticket.customer.email
-            msgid = await outgoing_message_id(session, ctx.domain, ticket.number)
-            refs = [
-                m
-                for m in (
-                    await session.execute(
-                        select(Article.message_id)
-                        .where(Article.ticket_id == ticket.id, Article.message_id.is_not(None))
-                        .order_by(Article.created_at, Article.id)
-                    )
-                ).scalars()
-                if m
-            ][-10:]
-            tag = ctx.tag_format.format(number=ticket.number)
-            article = Article(
-                ticket_id=ticket.id,
-                kind=ArticleKind.EMAIL_OUT.value,
+            article = await service.queue_automatic_mail(
+                session,
+                ticket,
+                outbox_kind=OUTBOX_KIND,
+                to=rcpt,
+                subject=f"{ctx.tag_format.format(number=ticket.number)} {SUBJECT}",
+                body=body,
+                meta={"auto": "csat", "csat_survey": True},
+                domain=ctx.domain,
+                now=now,
                 from_addr=ticket.queue.addresses[0]
                 if ticket.queue and ticket.queue.addresses
                 else smtp_cfg.from_address,
-                to_addrs=rcpt,
-                subject=f"{tag} {SUBJECT}",
-                message_id=msgid,
-                in_reply_to=refs[-1] if refs else None,
-                references=" ".join(f"<{r}>" for r in refs) or None,
-                body_text=body,
-                delivery_status="queued",
-                meta={"auto": "csat", "csat_survey": True},
-                created_at=now,
             )
-            session.add(article)
-            await session.flush()
-            outbox = Outbox(
-                article_id=article.id,
-                ticket_id=ticket.id,
-                message_id=msgid,
-                rcpt_to=[rcpt],
-                rcpt_to_key=rcpt.lower(),
-                kind=OUTBOX_KIND,
-                status="queued",
-                next_attempt_at=now,
-                created_at=now,
-            )
-            session.add(outbox)
             _audit(session, ticket.id, SURVEY_ACTION, f"queued: article {article.id}", now)
             await _event(session, ticket.id, "article", now)
             queued += 1

@@ -776,6 +776,66 @@ class Service:
         ).scalars()
         return [r for r in rows if r][-20:]
 
+    async def queue_automatic_mail(
+        self,
+        session: AsyncSession,
+        ticket: Ticket,
+        *,
+        outbox_kind: str,
+        to: str,
+        subject: str,
+        body: str,
+        meta: dict[str, Any],
+        domain: str,
+        now: datetime,
+        from_addr: str | None = None,
+        references: Sequence[str] | None = None,
+        article_kind: ArticleKind = ArticleKind.EMAIL_OUT,
+    ) -> Article:
+        """Store a mail nobody typed (an acknowledgement, a rule's canned reply, a survey) as an
+        outbound article and queue it for delivery, inside the caller's transaction.
+
+        It threads under `references` (default: the ticket's own thread) with a verifiable
+        Message-ID of ours. Audit rows and change-feed events stay with the caller, which
+        knows why the mail was sent.
+        """
+        refs = (
+            list(references)
+            if references is not None
+            else await self._thread_references(session, ticket.id)
+        )
+        msgid = await outgoing_message_id(session, domain, ticket.number)
+        article = Article(
+            ticket_id=ticket.id,
+            kind=article_kind.value,
+            from_addr=from_addr,
+            to_addrs=to,
+            subject=subject,
+            message_id=msgid,
+            in_reply_to=refs[-1] if refs else None,
+            references=" ".join(f"<{r}>" for r in refs) or None,
+            body_text=body,
+            delivery_status="queued",
+            meta=meta,
+            created_at=now,
+        )
+        session.add(article)
+        await session.flush()
+        session.add(
+            Outbox(
+                article_id=article.id,
+                ticket_id=ticket.id,
+                message_id=msgid,
+                rcpt_to=[to],
+                rcpt_to_key=to.lower(),
+                kind=outbox_kind,
+                status="queued",
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
+        return article
+
     async def add_note(
         self,
         actor: Actor,
