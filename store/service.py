@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import getaddresses
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -1270,16 +1270,7 @@ class Service:
     async def add_canned(self, name: str, body: str, owner: str | None = None) -> CannedResponse:
         async with self.db.write() as session:
             owner_id = (await self._agent_by_login(session, owner)).id if owner else None
-            existing = (
-                await session.execute(
-                    select(CannedResponse).where(
-                        CannedResponse.name == name,
-                        CannedResponse.owner_id.is_(owner_id)
-                        if owner_id is None
-                        else CannedResponse.owner_id == owner_id,
-                    )
-                )
-            ).scalar_one_or_none()
+            existing = await _owned_by_name(session, CannedResponse, name, owner_id)
             if existing is not None:
                 existing.body = body
                 return existing
@@ -1302,16 +1293,7 @@ class Service:
         parse(query)
         async with self.db.write() as session:
             owner_id = (await self._agent_by_login(session, owner)).id if owner else None
-            existing = (
-                await session.execute(
-                    select(SavedView).where(
-                        SavedView.name == name,
-                        SavedView.owner_id.is_(None)
-                        if owner_id is None
-                        else SavedView.owner_id == owner_id,
-                    )
-                )
-            ).scalar_one_or_none()
+            existing = await _owned_by_name(session, SavedView, name, owner_id)
             if existing is not None:
                 existing.query = query
                 return existing
@@ -1496,3 +1478,16 @@ class Service:
                 .unique()
                 .scalars()
             )
+
+
+_Owned = TypeVar("_Owned", CannedResponse, SavedView)
+
+
+async def _owned_by_name(
+    session: AsyncSession, model: type[_Owned], name: str, owner_id: int | None
+) -> _Owned | None:
+    """The shared (owner None) or personal canned response or view called `name`."""
+    owner = model.owner_id.is_(None) if owner_id is None else model.owner_id == owner_id
+    return (
+        await session.execute(select(model).where(model.name == name, owner))
+    ).scalar_one_or_none()

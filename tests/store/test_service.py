@@ -288,6 +288,28 @@ async def test_drafts_and_presence(service: Service, clock: FakeClock) -> None:
     assert await service.presence(t.id) == []
 
 
+async def test_shared_and_personal_views_and_canned_keep_apart(service: Service) -> None:
+    alice = await _setup(service)
+    await service.add_view("Mine", "is:active", owner="alice")
+    await service.add_view("Mine", "status:new")  # a shared view of the same name
+    await service.add_view("Mine", "is:active priority:high", owner="alice")  # replaces hers
+    views = {(v.owner_id, v.name): v.query for v in await service.list_views(alice.agent_id)}
+    assert views == {
+        (alice.agent_id, "Mine"): "is:active priority:high",
+        (None, "Mine"): "status:new",
+    }
+    bob = await service.agent("bob")
+    assert [(v.owner_id, v.query) for v in await service.list_views(bob.id)] == [
+        (None, "status:new")
+    ]
+
+    await service.add_canned("hello", "Hi!")
+    await service.add_canned("hello", "Hi from Alice", owner="alice")
+    await service.add_canned("hello", "Hello!")  # replaces the shared one only
+    canned = {(c.owner_id, c.body) for c in await service.list_canned(alice.agent_id)}
+    assert canned == {(None, "Hello!"), (alice.agent_id, "Hi from Alice")}
+
+
 async def test_status_labels_renamed(service: Service) -> None:
     await service.set_status_label(Status.PENDING, "Waiting on you")
     await service.set_status_label(Status.PENDING, "Gaida atbildi", language="lv")
