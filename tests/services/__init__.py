@@ -21,8 +21,10 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 __all__ = [
+    "ServerProcess",
     "ServiceError",
     "current_user",
     "free_port",
@@ -212,3 +214,51 @@ def running_as_root() -> bool:
 
 def current_user() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
+
+
+class ServerProcess:
+    """What the PostgreSQL and Dovecot servers share: one process with its data and log in
+    `root`, stopped (and `root` deleted) by `close()`, also when the session is aborted.
+
+    Subclasses set `root` and `log_path`, call `_register()`, and implement `start()` and
+    `_stop_proc()`.
+    """
+
+    root: Path
+    log_path: Path
+    _proc: subprocess.Popen[bytes] | None = None
+
+    def _register(self) -> None:
+        self._cleanup_handle = register_cleanup(self.close)
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def _stop_proc(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def close(self) -> None:
+        """Stop the server and delete its data."""
+        try:
+            self._stop_proc()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+            unregister_cleanup(self._cleanup_handle)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])

@@ -38,15 +38,14 @@ from typing import NamedTuple
 from imapclient import IMAPClient
 
 from . import (
+    ServerProcess,
     ServiceError,
     current_user,
     free_port,
     make_service_dir,
     parent_death_signal,
-    register_cleanup,
     running_as_root,
     stop_process,
-    unregister_cleanup,
     wait_for_port,
     wait_port_closed,
 )
@@ -140,7 +139,7 @@ class ImapAccount(NamedTuple):
         return int(status[b"UIDVALIDITY"])
 
 
-class DovecotServer:
+class DovecotServer(ServerProcess):
     """A Dovecot instance with its own config and data in a temporary directory."""
 
     host = "127.0.0.1"
@@ -163,8 +162,7 @@ class DovecotServer:
         self._users_lock = threading.Lock()
         self._counter = itertools.count(1)
         self._handed_out: set[str] = set()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._cleanup_handle = register_cleanup(self.close)
+        self._register()
 
         if running_as_root():
             pw = pwd.getpwnam("nobody")
@@ -358,31 +356,6 @@ userdb static {{
         """Stop the server (simulates an outage); connected clients are disconnected."""
         self._stop_proc()
         wait_port_closed(self.host, self.port, timeout=10)
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def close(self) -> None:
-        try:
-            self._stop_proc()
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
-            unregister_cleanup(self._cleanup_handle)
-
-    def __enter__(self) -> DovecotServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
 
     # -- mail helpers (default user: alice) ---------------------------------------------
 

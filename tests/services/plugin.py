@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 
@@ -48,6 +49,7 @@ __all__ = ["dovecot", "imap_account", "pg_server", "pg_url", "smtp_server"]
 
 
 _session_servers: list[PostgresServer | DovecotServer] = []
+_Server = TypeVar("_Server", PostgresServer, DovecotServer)
 
 
 def _start_or_fail(what: str, start: Callable[[], None]) -> None:
@@ -55,6 +57,22 @@ def _start_or_fail(what: str, start: Callable[[], None]) -> None:
         start()
     except ServiceError as exc:
         pytest.fail(f"cannot start {what}: {exc}", pytrace=False)
+
+
+def _session_server(what: str, make: Callable[[], _Server]) -> Iterator[_Server]:
+    """Create and start a server for the whole session; stop and delete it at the end."""
+    try:
+        server = make()
+    except ServiceError as exc:
+        pytest.fail(f"cannot start {what}: {exc}", pytrace=False)
+    try:
+        _start_or_fail(what, server.start)
+        _session_servers.append(server)
+        yield server
+    finally:
+        with contextlib.suppress(ValueError):
+            _session_servers.remove(server)
+        server.close()
 
 
 @pytest.fixture(autouse=True)
@@ -69,18 +87,7 @@ def _restart_stopped_services() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
     """A PostgreSQL cluster for the whole session (see module docstring)."""
-    try:
-        server = PostgresServer()
-    except ServiceError as exc:
-        pytest.fail(f"cannot start PostgreSQL: {exc}", pytrace=False)
-    try:
-        _start_or_fail("PostgreSQL", server.start)
-        _session_servers.append(server)
-        yield server
-    finally:
-        with contextlib.suppress(ValueError):
-            _session_servers.remove(server)
-        server.close()
+    yield from _session_server("PostgreSQL", PostgresServer)
 
 
 @pytest.fixture
@@ -100,18 +107,7 @@ def pg_url(pg_server: PostgresServer) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def dovecot() -> Iterator[DovecotServer]:
     """A Dovecot IMAP server for the whole session (see module docstring)."""
-    try:
-        server = DovecotServer()
-    except ServiceError as exc:
-        pytest.fail(f"cannot start Dovecot: {exc}", pytrace=False)
-    try:
-        _start_or_fail("Dovecot", server.start)
-        _session_servers.append(server)
-        yield server
-    finally:
-        with contextlib.suppress(ValueError):
-            _session_servers.remove(server)
-        server.close()
+    yield from _session_server("Dovecot", DovecotServer)
 
 
 @pytest.fixture

@@ -20,14 +20,13 @@ import time
 from pathlib import Path
 
 from . import (
+    ServerProcess,
     ServiceError,
     free_port,
     make_service_dir,
     parent_death_signal,
-    register_cleanup,
     running_as_root,
     stop_process,
-    unregister_cleanup,
 )
 
 __all__ = ["PostgresServer", "find_pg_bin_dir"]
@@ -65,7 +64,7 @@ def find_pg_bin_dir() -> Path:
     )
 
 
-class PostgresServer:
+class PostgresServer(ServerProcess):
     """One PostgreSQL cluster in a temporary directory, listening on 127.0.0.1 only.
 
     ``start()`` runs initdb the first time; ``stop()``/``start()`` can be used to
@@ -82,10 +81,9 @@ class PostgresServer:
         self.data_dir = self.root / "data"
         self.socket_dir = self.root / "sock"
         self.log_path = self.root / "postgres.log"
-        self._proc: subprocess.Popen[bytes] | None = None
         self._initialised = False
         self._counter = itertools.count(1)
-        self._cleanup_handle = register_cleanup(self.close)
+        self._register()
         self._run_as: str | None = None
         self._version_num: int | None = None
         if running_as_root():
@@ -213,33 +211,7 @@ class PostgresServer:
         """Stop the server but keep its data (``start()`` brings it back on the same port)."""
         self._stop_proc()
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def close(self) -> None:
-        """Stop the server and delete the cluster."""
-        try:
-            self._stop_proc()
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
-            unregister_cleanup(self._cleanup_handle)
-
-    def __enter__(self) -> PostgresServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     # -- helpers ----------------------------------------------------------------------
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
 
     def _psql_run(
         self, sql: str, database: str, timeout: float
