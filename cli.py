@@ -783,9 +783,10 @@ def ticket_show(number: str, db: DbOpt = None, json_: JsonOpt = False) -> None:
         }.get(a.kind, a.kind)
         style = {"note": "yellow", "email_out": "green", "system": "dim"}.get(a.kind, "cyan")
         status = f" [{a.delivery_status}]" if a.delivery_status else ""
+        author = a.author_agent.name if a.author_agent is not None else a.from_addr
         out.print(
             Text(
-                f"\n── {label}{status} · {a.created_at:%Y-%m-%d %H:%M} · {clean_line(a.from_addr)}",
+                f"\n── {label}{status} · {a.created_at:%Y-%m-%d %H:%M} · {clean_line(author)}",
                 style=style,
             )
         )

@@ -733,6 +733,9 @@ class Service:
                     in_reply_to=refs[-1] if refs else None,
                     references=" ".join(f"<{r}>" for r in refs) or None,
                     attachments=list(attachments),
+                    # the same instant as first_response_at: the reply itself is not a
+                    # later contact (first-contact resolution compares the two)
+                    created_at=now,
                 ),
             )
             article.delivery_status = "queued"

@@ -737,9 +737,24 @@ def test_reply_sets_answered_and_queues_the_mail(
     assert reply["to"] == "bob@acme.com"
     assert reply["body"] == "We are on it."
     assert "reply [queued]" in cli("ticket", "show", str(n)).ok().out
+    assert "Anna Admin" in cli("ticket", "show", str(n)).ok().out  # who wrote the reply
 
     cli("ticket", "reply", str(n), "--body", "Please send a photo.", "--status", "pending").ok()
     assert show(n)["status"] == "pending"
+
+
+def test_first_reply_that_solves_counts_as_first_contact_resolution(
+    store: Any, cli: Cli, new_ticket: Callable[..., int]
+) -> None:
+    # Real clock (a subprocess): the reply article and first_response_at must be one instant,
+    # or the reply itself would count as a second contact.
+    answered_once, asked_back = new_ticket("Password reset"), new_ticket("VPN")
+    cli("ticket", "reply", str(answered_once), "--body", "Done, please try again.").ok()
+    cli("ticket", "update", str(answered_once), "--status", "solved").ok()
+    cli("ticket", "reply", str(asked_back), "--body", "Which client?").ok()
+    cli("ticket", "reply", str(asked_back), "--body", "Fixed.", "--status", "solved").ok()
+    summary = cli("report", "--since", "1d", "--json").ok().json()["summary"]
+    assert (summary["fcr"]["count"], summary["fcr"]["base"]) == (1, 2)
 
 
 def test_merge_moves_history_and_leaves_a_pointer(
