@@ -486,16 +486,76 @@ def agent_add(
     language: Annotated[
         list[str] | None, typer.Option(help="A language the agent speaks (repeatable).")
     ] = None,
+    skill: Annotated[
+        list[str] | None, typer.Option(help="A skill, matched against ticket tags (repeatable).")
+    ] = None,
     db: DbOpt = None,
 ) -> None:
     """Add an agent."""
     a = run(
         db,
         lambda s: s.add_agent(
-            login, name or login, email, admin=admin, queues=queue or [], languages=language or []
+            login,
+            name or login,
+            email,
+            admin=admin,
+            queues=queue or [],
+            languages=language or [],
+            skills=skill or [],
         ),
     )
     out.print(Text(f"Agent {a.login} added."))
+
+
+@agent_app.command("update")
+def agent_update(
+    login: str,
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    email: Annotated[str | None, typer.Option(help='Mail address ("" clears it).')] = None,
+    admin: Annotated[
+        bool | None, typer.Option("--admin/--no-admin", help="Give or take the admin role.")
+    ] = None,
+    queue: Annotated[
+        list[str] | None,
+        typer.Option(help="A queue this agent works (repeatable; replaces the list)."),
+    ] = None,
+    language: Annotated[
+        list[str] | None,
+        typer.Option(help="A language the agent speaks (repeatable; replaces the list)."),
+    ] = None,
+    skill: Annotated[
+        list[str] | None, typer.Option(help="A skill (repeatable; replaces the list).")
+    ] = None,
+    no_queues: Annotated[bool, typer.Option("--no-queues", help="Remove every queue.")] = False,
+    no_languages: Annotated[
+        bool, typer.Option("--no-languages", help="Remove every language.")
+    ] = False,
+    no_skills: Annotated[bool, typer.Option("--no-skills", help="Remove every skill.")] = False,
+    db: DbOpt = None,
+) -> None:
+    """Change an agent: only the options given change; repeatable options replace the list."""
+    if name is not None and not name.strip():
+        fail("--name cannot be empty", EXIT_INVALID)
+    a = run(
+        db,
+        lambda s: s.update_agent(
+            login,
+            name=name,
+            email=email,
+            admin=admin,
+            queues=[] if no_queues else queue,
+            languages=[] if no_languages else language,
+            skills=[] if no_skills else skill,
+        ),
+    )
+    out.print(
+        Text(
+            f"Agent {a.login}: {clean_line(a.name)}, {a.role}, "
+            f"queues {', '.join(q.name for q in a.queues) or '-'}, "
+            f"languages {', '.join(a.languages or []) or '-'}, "
+            f"skills {', '.join(a.skills or []) or '-'}."
+        )
+    )
 
 
 @agent_app.command("list")
@@ -513,12 +573,13 @@ def agent_list(db: DbOpt = None, json_: JsonOpt = False) -> None:
                     "active": a.active,
                     "queues": [q.name for q in a.queues],
                     "languages": a.languages,
+                    "skills": a.skills,
                 }
                 for a in agents
             ]
         )
         return
-    table = Table("login", "name", "email", "role", "active", "queues")
+    table = Table("login", "name", "email", "role", "active", "queues", "languages", "skills")
     for a in agents:
         table.add_row(
             Text(a.login),
@@ -527,6 +588,8 @@ def agent_list(db: DbOpt = None, json_: JsonOpt = False) -> None:
             Text(a.role),
             Text("yes" if a.active else "no"),
             Text(", ".join(q.name for q in a.queues)),
+            Text(clean_line(", ".join(a.languages or []))),
+            Text(clean_line(", ".join(a.skills or []))),
         )
     out.print(table)
 
@@ -558,6 +621,90 @@ def queue_add(
     out.print(Text(f"Queue {name} added."))
 
 
+@queue_app.command("update")
+def queue_update(
+    name: str,
+    ack: Annotated[
+        str | None,
+        typer.Option(help="Acknowledge new mail tickets with this shared canned response."),
+    ] = None,
+    no_ack: Annotated[bool, typer.Option("--no-ack", help="Stop acknowledging.")] = False,
+    ack_limit: Annotated[
+        int | None,
+        typer.Option(min=0, help="Acknowledgements per address per hour (default 3)."),
+    ] = None,
+    address: Annotated[
+        list[str] | None,
+        typer.Option(help="Inbound mail address (repeatable; replaces the list)."),
+    ] = None,
+    db: DbOpt = None,
+) -> None:
+    """Change a queue's addresses and acknowledgement (only the options given change)."""
+    if ack is not None and no_ack:
+        fail("give either --ack TEMPLATE or --no-ack, not both", EXIT_INVALID)
+
+    async def body(s: Service) -> tuple[str, dict[str, Any], list[str], list[str]]:
+        q, changes = await s.update_queue(
+            name, ack=ack, no_ack=no_ack, ack_limit=ack_limit, addresses=address
+        )
+        return q.name, dict(q.settings or {}), list(q.addresses or []), changes
+
+    qname, settings, addresses, changes = run(db, body)
+    if not changes:
+        out.print(Text(f"Queue {qname}: nothing changed."))
+        return
+    ack_text = (
+        f"acknowledgement {settings['ack']!r}, at most "
+        f"{settings.get('ack_limit_per_hour', 3)} per address per hour"
+        if settings.get("ack")
+        else "no acknowledgement"
+    )
+    out.print(Text(f"Queue {qname} updated: {ack_text}; addresses {', '.join(addresses) or '-'}."))
+
+
+@queue_app.command("show")
+def queue_show(name: str, db: DbOpt = None, json_: JsonOpt = False) -> None:
+    """One queue: addresses, acknowledgement and assignment settings."""
+
+    async def body(s: Service) -> Any:
+        for q in await s.list_queues():
+            if q.name.lower() == name.lower():
+                return q
+        raise NotFoundError(f"no queue {name!r}; `helpdesk queue list` shows them")
+
+    q = run(db, body)
+    settings = dict(q.settings or {})
+    data = {
+        "name": q.name,
+        "addresses": list(q.addresses or []),
+        "ack": settings.get("ack"),
+        "ack_limit_per_hour": settings.get("ack_limit_per_hour", 3),
+        "assign": settings.get("assign", "manual"),
+        "require_presence": bool(settings.get("require_presence", False)),
+        "lead": settings.get("lead"),
+    }
+    if json_:
+        print_json(data)
+        return
+    out.print(Text(f"Queue {q.name}"))
+    out.print(Text(f"  addresses: {', '.join(data['addresses']) or '-'}"))
+    out.print(
+        Text(
+            f"  acknowledgement: {clean_line(str(data['ack']))}, at most "
+            f"{data['ack_limit_per_hour']} per address per hour"
+            if data["ack"]
+            else "  acknowledgement: none"
+        )
+    )
+    out.print(
+        Text(
+            f"  assignment: {data['assign']}"
+            + (", only agents with the console open" if data["require_presence"] else "")
+            + (f"; lead {data['lead']}" if data["lead"] else "")
+        )
+    )
+
+
 @queue_app.command("list")
 def queue_list(db: DbOpt = None, json_: JsonOpt = False) -> None:
     """List queues."""
@@ -565,9 +712,16 @@ def queue_list(db: DbOpt = None, json_: JsonOpt = False) -> None:
     if json_:
         print_json([{"name": q.name, "addresses": q.addresses} for q in queues])
         return
-    table = Table("queue", "addresses")
+    table = Table("queue", "addresses", "acknowledgement")
     for q in queues:
-        table.add_row(Text(q.name), Text(", ".join(q.addresses)))
+        ack = (q.settings or {}).get("ack")
+        table.add_row(
+            Text(q.name),
+            Text(", ".join(q.addresses)),
+            Text(
+                f"{ack} (max {(q.settings or {}).get('ack_limit_per_hour', 3)}/h)" if ack else "-"
+            ),
+        )
     out.print(table)
 
 
@@ -1217,13 +1371,87 @@ def calendar_list(db: DbOpt = None) -> None:
         out.print(Text(f"{row.name}: {sla.calendar_of(row).describe()}"))
 
 
-@calendar_app.command("holiday")
-def calendar_holiday(name: str, dates: list[str], db: DbOpt = None) -> None:
-    """Add holidays (YYYY-MM-DD) to a calendar."""
+@calendar_app.command("show")
+def calendar_show(name: str, db: DbOpt = None, json_: JsonOpt = False) -> None:
+    """One calendar: time zone, hours, added dates and the public holidays of this year and next."""
+    from store import businesstime as bt
     from store import sla
 
-    run(db, lambda s: sla.add_holidays(s.db, name, dates))
-    out.print(Text(f"{len(dates)} holiday(s) added to {name}."))
+    this_year = datetime.now(UTC).year
+
+    async def body(s: Service) -> tuple[Any, bt.Calendar, list[tuple[str, str]]]:
+        for row in await sla.list_calendars(s.db):
+            if row.name.lower() == name.lower():
+                cal = sla.calendar_of(row)  # a broken row is one clear line, inside run()
+                public: list[tuple[str, str]] = []
+                if cal.country:
+                    for year in (this_year, this_year + 1):
+                        for day in sorted(bt.public_holidays(cal.country, cal.subdivision, year)):
+                            public.append(
+                                (day.isoformat(), clean_line(cal.holiday_name(day) or ""))
+                            )
+                return row, cal, public
+        raise NotFoundError(f"no calendar {name!r}; `helpdesk calendar list` shows them")
+
+    row, cal, public = run(db, body)
+    added = sorted(d.isoformat() for d in cal.extra_holidays)
+    if json_:
+        print_json(
+            {
+                "name": row.name,
+                "timezone": cal.timezone,
+                "hours": bt.format_hours(cal.hours),
+                "country": cal.country,
+                "subdivision": cal.subdivision,
+                "added_holidays": added,
+                "public_holidays": [{"date": d, "name": n} for d, n in public],
+            }
+        )
+        return
+    out.print(Text(f"Calendar {row.name}"))
+    out.print(Text(f"  time zone: {cal.timezone}"))
+    out.print(Text(f"  hours: {bt.format_hours(cal.hours)}"))
+    region = (cal.country or "") + (f"-{cal.subdivision}" if cal.subdivision else "")
+    out.print(Text(f"  public holidays: {region or 'none (no country)'}"))
+    out.print(Text(f"  added dates ({len(added)}): {', '.join(added) or '-'}"))
+    if public:
+        out.print(Text(f"  public holidays {this_year}-{this_year + 1}:"))
+        for d, n in public:
+            out.print(Text(f"    {d}  {n}"))
+
+
+@calendar_app.command("holiday")
+def calendar_holiday(
+    name: str,
+    dates: Annotated[list[str], typer.Argument(help="Dates YYYY-MM-DD.")],
+    remove: Annotated[
+        bool, typer.Option("--remove", help="Remove these hand-added/imported dates instead.")
+    ] = False,
+    db: DbOpt = None,
+) -> None:
+    """Add holidays (YYYY-MM-DD) to a calendar, or remove them with --remove."""
+    from store import sla
+
+    if remove:
+
+        async def drop(s: Service) -> tuple[list[str], Any]:
+            rows = {r.name.lower(): r for r in await sla.list_calendars(s.db)}
+            before = set(rows[name.lower()].extra_holidays or []) if name.lower() in rows else set()
+            row = await sla.remove_holidays(s.db, name, dates)
+            return sorted(before - set(row.extra_holidays or [])), row
+
+        from store import businesstime as bt
+
+        gone, row = run(db, drop)
+        missing = sorted({d.isoformat() for d in bt.dates_from(dates)} - set(gone))
+        out.print(Text(f"{len(gone)} date(s) removed from {row.name}: {', '.join(gone) or '-'}."))
+        if missing:
+            out.print(
+                Text(f"Not added dates of {row.name}, nothing to remove: {', '.join(missing)}")
+            )
+        return
+    row = run(db, lambda s: sla.add_holidays(s.db, name, dates))
+    out.print(Text(f"{len(dates)} holiday(s) added to {row.name}."))
 
 
 @calendar_app.command("import-ics")
@@ -1232,7 +1460,12 @@ def calendar_import_ics(name: str, path: Path, db: DbOpt = None) -> None:
     from store import sla
 
     res = run(db, lambda s: sla.import_ics(s.db, name, path))
-    out.print(Text(f"Imported into {name}: {res}"))
+    dates = sorted(d.isoformat() for d in res.dates)
+    out.print(Text(f"Imported into {name}: {len(dates)} date(s) from {res.events} event(s) read."))
+    if dates:
+        out.print(Text(f"Dates: {', '.join(dates)}"))
+    for reason in res.skipped:
+        out.print(Text(f"Skipped: {clean_line(reason)}"))
 
 
 @calendar_app.command("remove")

@@ -1207,6 +1207,62 @@ class Service:
             await self._event(session, None, "agent", SYSTEM)
             return agent
 
+    async def update_agent(
+        self,
+        login: str,
+        *,
+        name: str | None = None,
+        email: str | None = None,
+        admin: bool | None = None,
+        queues: Sequence[str] | None = None,
+        languages: Sequence[str] | None = None,
+        skills: Sequence[str] | None = None,
+    ) -> Agent:
+        """Change only the given fields of an agent (lists replace); each change is audited."""
+        async with self.db.write() as session:
+            agent = await self._agent_by_login(session, login)
+            changes: list[tuple[str, object, object]] = []
+            if name is not None and name.strip() and name != agent.name:
+                changes.append(("name", agent.name, name))
+                agent.name = name
+            if email is not None and (email or None) != agent.email:
+                changes.append(("email", agent.email, email or None))
+                agent.email = email or None
+            if admin is not None and (agent.role == "admin") != admin:
+                role = "admin" if admin else "agent"
+                changes.append(("role", agent.role, role))
+                agent.role = role
+            for fld, new in (("languages", languages), ("skills", skills)):
+                if new is not None:
+                    cleaned = list(dict.fromkeys(x.strip() for x in new if x.strip()))
+                    if cleaned != list(getattr(agent, fld) or []):
+                        changes.append(
+                            (fld, ",".join(getattr(agent, fld) or []), ",".join(cleaned))
+                        )
+                        setattr(agent, fld, cleaned)
+            if queues is not None:
+                rows = [await self._queue_by_name(session, q) for q in dict.fromkeys(queues)]
+                old = sorted(q.name for q in agent.queues)
+                if sorted(q.name for q in rows) != old:
+                    changes.append(
+                        ("queues", ",".join(old), ",".join(sorted(q.name for q in rows)))
+                    )
+                    agent.queues = rows
+            for fld, old_value, new_value in changes:
+                self._audit(
+                    session,
+                    None,
+                    SYSTEM,
+                    "agent-updated",
+                    f"agent.{fld}",
+                    f"{login}: {old_value if old_value is not None else '-'}",
+                    f"{login}: {new_value if new_value is not None else '-'}",
+                )
+            if changes:
+                await self._event(session, None, "agent", SYSTEM)
+            await session.flush()
+            return agent
+
     async def agent(self, login: str) -> Agent:
         async with self.db.read() as session:
             return await self._agent_by_login(session, login)
@@ -1247,6 +1303,61 @@ class Service:
             except IntegrityError:
                 raise ValidationError(f"queue {name!r} already exists") from None
             return q
+
+    async def update_queue(
+        self,
+        name: str,
+        *,
+        ack: str | None = None,
+        no_ack: bool = False,
+        ack_limit: int | None = None,
+        addresses: Sequence[str] | None = None,
+    ) -> tuple[Queue, list[str]]:
+        """Change a queue's addresses and acknowledgement; only what is given changes.
+
+        `ack` names the shared canned response new mail tickets are acknowledged with (read
+        by mail_sync.autoreply). Returns the queue and the changes made (audited).
+        """
+        if ack is not None and no_ack:
+            raise ValidationError("give either an acknowledgement template or none, not both")
+        async with self.db.write() as session:
+            q = await self._queue_by_name(session, name)
+            settings = dict(q.settings or {})
+            changes: list[str] = []
+            if ack is not None:
+                if await _owned_by_name(session, CannedResponse, ack, None) is None:
+                    raise ValidationError(
+                        f"no shared canned response {ack!r}; "
+                        f"add one with `helpdesk canned add {ack!r} --body ...`"
+                    )
+                settings["ack"] = ack
+                changes.append(f"ack={ack}")
+            if no_ack and "ack" in settings:
+                settings.pop("ack")
+                changes.append("ack=-")
+            if ack_limit is not None:
+                if ack_limit < 0:
+                    raise ValidationError("the acknowledgement limit cannot be negative")
+                settings["ack_limit_per_hour"] = ack_limit
+                changes.append(f"ack_limit_per_hour={ack_limit}")
+            if addresses is not None:
+                new = list(dict.fromkeys(a.strip().lower() for a in addresses if a.strip()))
+                if new != list(q.addresses or []):
+                    q.addresses = new
+                    changes.append(f"addresses={','.join(new) or '-'}")
+            q.settings = settings
+            if changes:
+                self._audit(
+                    session,
+                    None,
+                    SYSTEM,
+                    "queue-settings",
+                    "queue",
+                    None,
+                    f"{q.name}: {' '.join(changes)}",
+                )
+                await self._event(session, None, "queue", SYSTEM)
+            return q, changes
 
     async def list_queues(self) -> list[Queue]:
         async with self.db.read() as session:

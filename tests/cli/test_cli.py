@@ -270,7 +270,7 @@ def test_init_shared_with_unknown_group_fails_clearly(cli: Cli, tmp_path: Path) 
 
 
 # --------------------------------------------------------------------------- agents & queues
-AGENT_FIELDS = {"login", "name", "email", "role", "active", "queues", "languages"}
+AGENT_FIELDS = {"login", "name", "email", "role", "active", "queues", "languages", "skills"}
 
 
 def test_agent_add_and_list(store: Any, cli: Cli) -> None:
@@ -300,6 +300,7 @@ def test_agent_add_and_list(store: Any, cli: Cli) -> None:
         "active": True,
         "queues": ["Support"],
         "languages": ["lv"],
+        "skills": [],
     }
     assert agents["anna"]["role"] == "admin"
     table = cli("agent", "list").ok().out

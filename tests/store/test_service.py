@@ -316,3 +316,51 @@ async def test_status_labels_renamed(service: Service) -> None:
     assert (await service.status_labels())["pending"] == "Waiting on you"
     assert (await service.status_labels("lv"))["pending"] == "Gaida atbildi"
     assert (await service.status_labels())["open"] == "Open"
+
+
+async def test_update_agent_changes_only_given_fields_and_audits(service: Service) -> None:
+    await _setup(service)
+    await service.add_queue("Billing")
+    await service.update_agent(
+        "alice", languages=["lv", "en"], skills=["printers"], queues=["Billing", "Support"]
+    )
+    alice = await service.agent("alice")
+    assert (alice.languages, alice.skills) == (["lv", "en"], ["printers"])
+    assert sorted(q.name for q in alice.queues) == ["Billing", "Support"]
+    assert (alice.name, alice.email, alice.role) == ("Alice Agent", "alice@example.com", "agent")
+
+    await service.update_agent("alice", name="Alice A.", admin=True, queues=["Billing"])
+    alice = await service.agent("alice")
+    assert (alice.name, alice.role) == ("Alice A.", "admin")
+    assert [q.name for q in alice.queues] == ["Billing"]
+    assert alice.skills == ["printers"], "skills not given, so unchanged"
+    assert (await service.agent("bob")).languages == [], "other agents untouched"
+
+    async with service.db.read() as s:
+        audited = (
+            await s.execute(
+                select(AuditEvent.field, AuditEvent.old_value, AuditEvent.new_value)
+                .where(AuditEvent.action == "agent-updated")
+                .order_by(AuditEvent.id)
+            )
+        ).all()
+    assert ("agent.skills", "alice: ", "alice: printers") in audited
+    assert ("agent.role", "alice: agent", "alice: admin") in audited
+    assert ("agent.queues", "alice: Billing,Support", "alice: Billing") in audited
+    before = len(audited)
+    await service.update_agent("alice", name="Alice A.")  # no change, nothing audited
+    async with service.db.read() as s:
+        count = (
+            await s.execute(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(AuditEvent.action == "agent-updated")
+            )
+        ).scalar_one()
+    assert count == before
+
+    with pytest.raises(NotFoundError):
+        await service.update_agent("nobody", name="X")
+    with pytest.raises(NotFoundError):
+        await service.update_agent("alice", queues=["Nowhere"])
+    assert [q.name for q in (await service.agent("alice")).queues] == ["Billing"]
