@@ -105,7 +105,8 @@ def agent_picker(
                 ),
             )
         )
-    return ChoiceScreen("Assign to", choices, current=current or UNASSIGN)
+    # Type to filter (a login or a name), like the queue's assign picker, however small the team.
+    return ChoiceScreen("Assign to", choices, current=current or UNASSIGN, filterable=True)
 
 
 def status_choices(current: str, labels: dict[str, str]) -> list[tuple[Status, Content | str]]:

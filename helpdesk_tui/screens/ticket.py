@@ -1012,12 +1012,15 @@ class TicketScreen(Screen[None]):
     # ----------------------------------------------------------------- palette
     def palette_commands(self) -> Iterable[PaletteCommand]:
         """Commands on top of the key bindings: canned responses, linked and other tickets."""
-        if self.composing:
+        # With the focus in the editor its own keys (Canned, Review & send) are listed already.
+        editor_keys = {a.binding.id for a in self.active_bindings.values()}
+        if self.composing and "compose.canned" not in editor_keys:
             yield PaletteCommand(
                 "Ticket: Insert canned response",
                 "Fuzzy search, preview, variables filled in (ctrl+t)",
                 self.composer.action_canned,
             )
+        if self.composing and "compose.review" not in editor_keys:
             yield PaletteCommand(
                 "Ticket: Review and send", "The review step (ctrl+s)", self.composer.request_review
             )

@@ -4,6 +4,11 @@ A private tmux server (`-L`, no config) at 120x40 runs `helpdesk --db ...` as th
 Unix user (root in CI), in a small shell wrapper that records the exit code and the terminal
 modes (`stty -g`) before and after. The test types what an agent types and reads the screen
 with `capture-pane`, polling until the expected text appears; it never sleeps as an assertion.
+
+Under load (CI, several pytest runs on two cores) every step may take seconds: each wait polls
+every 0.1 s for up to `STEP_TIMEOUT` (the first paint `START_TIMEOUT`), and waits for the
+whole state an assertion reads (rows painted, labels loaded, the focus where keys must go),
+never for a first hint of it. Keys are only sent once the widget that takes them has focus.
 """
 
 from __future__ import annotations
@@ -24,7 +29,18 @@ from pathlib import Path
 import pytest
 
 COLS, ROWS = 120, 40
-TIMEOUT = 20.0
+#: Seconds one step may take under heavy load (a key, a query, a screen change).
+STEP_TIMEOUT = 30.0
+#: Seconds from starting the command to the first painted queue (a cold start on a busy box).
+START_TIMEOUT = 60.0
+#: Seconds between two looks at the screen.
+POLL = 0.1
+#: Seconds one tmux client command may take (it is retried while a wait lasts).
+TMUX_TIMEOUT = 30.0
+#: Seconds for the demo store and for a CLI call (a cold Python start on a busy box).
+COMMAND_TIMEOUT = 240.0
+#: At most this many tickets fit in the list at 120x40 (so a smaller view shows every row).
+FITS = 30
 
 #: A queue row: "#1053 high   Open      Cannot log in…" (number, priority, status, subject).
 ROW = re.compile(r"#(\d+) +(urgent|high|normal|low) +(\S+(?: \S+)?) {2,}(\S.*?)(?: {2,}|…)")
@@ -57,7 +73,7 @@ class Tmux:
             ["tmux", "-u", "-L", self.socket, "-f", "/dev/null", *args],
             capture_output=True,
             text=True,
-            timeout=10,
+            timeout=TMUX_TIMEOUT,
             check=False,
         )
         if done.returncode != 0:
@@ -92,18 +108,28 @@ class Tmux:
     def type(self, text: str) -> None:
         self.tmux("send-keys", "-t", "e2e", "-l", text)
 
-    def wait(self, check: Callable[[str], bool], what: str, timeout: float = TIMEOUT) -> str:
-        """Poll the screen until `check` holds; fail with the last screen after `timeout`."""
-        deadline = time.monotonic() + timeout
-        while True:
-            screen = self.screen()
-            if check(screen):
-                return screen
-            if time.monotonic() > deadline:
-                raise AssertionError(f"never saw {what} within {timeout:.0f} s; screen:\n{screen}")
-            time.sleep(0.05)
+    def wait(self, check: Callable[[str], bool], what: str, timeout: float = STEP_TIMEOUT) -> str:
+        """Poll the screen until `check` holds; fail with the last screen after `timeout`.
 
-    def wait_text(self, *needles: str, timeout: float = TIMEOUT) -> str:
+        A slow or failed `capture-pane` (a loaded machine) is retried until the deadline.
+        """
+        deadline = time.monotonic() + timeout
+        screen = error = ""
+        while True:
+            try:
+                screen, error = self.screen(), ""
+            except (AssertionError, subprocess.TimeoutExpired) as exc:
+                error = f" (last capture failed: {exc})"
+            else:
+                if check(screen):
+                    return screen
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"never saw {what} within {timeout:.0f} s{error}; screen:\n{screen}"
+                )
+            time.sleep(POLL)
+
+    def wait_text(self, *needles: str, timeout: float = STEP_TIMEOUT) -> str:
         return self.wait(lambda s: all(n in s for n in needles), repr(needles), timeout)
 
     def kill(self) -> None:
@@ -131,9 +157,39 @@ def list_focused(screen: str) -> bool:
     return "Open" in footer(screen) and "Mark" in footer(screen)
 
 
+def composer_focused(screen: str) -> bool:
+    """The reply/note editor has the focus: typed text goes into it, not to the ticket keys."""
+    return "Review & send" in footer(screen)
+
+
+def ticket_keys(screen: str) -> bool:
+    """The ticket screen itself has the focus (no composer, no dialog)."""
+    return "Reply" in footer(screen) and "Note" in footer(screen)
+
+
 def position(screen: str) -> tuple[str, int, int] | None:
     m = POSITION.search(screen)
     return (m.group(1), int(m.group(2)), int(m.group(3))) if m else None
+
+
+def at(screen: str, view: str, pos: int | None = None) -> bool:
+    """The status line shows `view` (and the cursor at `pos`)."""
+    found = position(screen)
+    return found is not None and found[0] == view and (pos is None or found[1] == pos)
+
+
+def all_rows_painted(screen: str) -> bool:
+    """Every ticket of a small list has its row (a big one: the first rows), labels loaded.
+
+    The list paints its status line before the rows of a page arrive, and raw status names
+    ("on-hold") before the team's labels ("On hold"): assertions wait for the final picture.
+    """
+    found = position(screen)
+    shown = rows(screen)
+    if found is None or not shown or any(s[:1].islower() for _, _, s, _ in shown):
+        return False
+    total = found[2]
+    return len(shown) == total if total <= FITS else len(shown) >= 3
 
 
 def rows(screen: str) -> list[tuple[int, str, str, str]]:
@@ -160,6 +216,31 @@ def user_env(home: Path) -> dict[str, str]:
     return env
 
 
+def stored_notes(
+    helpdesk: str, number: int, url: str, env: dict[str, str], body: str
+) -> list[dict[str, object]]:
+    """The articles of ticket `number` with this body, as `helpdesk ticket show --json` has them.
+
+    The console shows a note once it is written; the CLI, another process, is asked again
+    (for up to a step's time) only if it answers before the note is visible to it.
+    """
+    deadline = time.monotonic() + STEP_TIMEOUT
+    while True:
+        shown = subprocess.run(
+            [helpdesk, "ticket", "show", str(number), "--json", "--db", url],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
+        assert shown.returncode == 0, shown.stderr
+        found = [a for a in json.loads(shown.stdout)["articles"] if a["body"] == body]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(POLL)
+
+
 @pytest.fixture
 def tmux(tmp_path: Path) -> Iterator[Tmux]:
     server = Tmux(tmp_path)
@@ -180,7 +261,7 @@ def test_agent_filters_opens_a_ticket_adds_a_note_and_quits(tmp_path: Path, tmux
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=COMMAND_TIMEOUT,
         check=False,
     )
     assert demo.returncode == 0, demo.stderr
@@ -202,25 +283,36 @@ def test_agent_filters_opens_a_ticket_adds_a_note_and_quits(tmp_path: Path, tmux
     tmux.start(script)
 
     # The queue opens on "My tickets" with ticket rows and the position in the status line.
-    screen = tmux.wait(lambda s: position(s) is not None and len(rows(s)) >= 3, "the queue")
+    screen = tmux.wait(
+        lambda s: all_rows_painted(s) and list_focused(s) and "Unassigned" in s,
+        "the queue, painted",
+        timeout=START_TIMEOUT,
+    )
     assert "My tickets" in screen and "Unassigned" in screen  # the views sidebar
     view, pos, mine = position(screen) or ("", 0, 0)
     assert (view, pos) == ("My tickets", 1) and mine >= 3
-    if mine <= 30:  # the whole view fits: every ticket has its row
+    if mine <= FITS:  # the whole view fits: every ticket has its row
         assert len(rows(screen)) == mine
 
     # `/` opens the query bar (pre-filled with the view's query); refine it to open tickets.
     tmux.keys("/")
     tmux.wait(lambda s: "/ assignee:me is:active" in s and query_bar_focused(s), "the query bar")
     tmux.type("status:open")
+    tmux.wait_text("/ assignee:me is:active status:open")
     tmux.keys("Enter")
     screen = tmux.wait(
-        lambda s: (position(s) or ("",))[0] == "query" and list_focused(s), "the filtered list"
+        lambda s: (
+            at(s, "query")
+            and list_focused(s)
+            and all_rows_painted(s)
+            and {status for _, _, status, _ in rows(s)} == {"Open"}
+        ),
+        "the filtered list, painted",
     )
     found = rows(screen)
     _, _, open_total = position(screen) or ("", 0, 0)
     assert found and open_total < mine
-    if open_total <= 30:
+    if open_total <= FITS:
         assert len(found) == open_total
     assert {status for _, _, status, _ in found} == {"Open"}
 
@@ -228,62 +320,75 @@ def test_agent_filters_opens_a_ticket_adds_a_note_and_quits(tmp_path: Path, tmux
     tmux.keys("/")
     tmux.wait(query_bar_focused, "the query bar")
     tmux.type(" stauts:pending")
+    tmux.wait(lambda s: "stauts:pending" in s and query_bar_focused(s), "the typed query")
     tmux.keys("Enter")
     screen = tmux.wait_text("unknown key 'stauts'", "did you mean")
     lines = screen.splitlines()
     bar = next(i for i, line in enumerate(lines) if "stauts:pending" in line)
     assert lines[bar + 1].index("^") == lines[bar].index("stauts:pending")
     assert rows(screen) == found
-    # Esc clears the query: back to the view.
+    # Esc clears the query: back to the view, reloaded (keys before that would be lost on it).
     tmux.keys("Escape")
     screen = tmux.wait(
-        lambda s: (position(s) or ("",))[0] == "My tickets" and list_focused(s), "the view again"
+        lambda s: (
+            at(s, "My tickets", 1)
+            and (position(s) or ("", 0, 0))[2] == mine
+            and list_focused(s)
+            and all_rows_painted(s)
+            and "stauts" not in s
+        ),
+        "the view again, painted",
     )
     assert "stauts" not in screen
 
     # j j k: the cursor moves down twice and up once (the status line counts along).
-    tmux.keys("j", "j")
-    tmux.wait(lambda s: (position(s) or ("", 0))[1] == 3, "position 3")
+    tmux.keys("j")
+    tmux.wait(lambda s: at(s, "My tickets", 2), "position 2")
+    tmux.keys("j")
+    tmux.wait(lambda s: at(s, "My tickets", 3), "position 3")
     tmux.keys("k")
-    screen = tmux.wait(lambda s: (position(s) or ("", 0))[1] == 2, "position 2")
+    screen = tmux.wait(lambda s: at(s, "My tickets", 2) and list_focused(s), "position 2 again")
     number, _, _, subject = rows(screen)[1]
 
     # Enter opens the ticket under the cursor: its header and its thread.
     tmux.keys("Enter")
-    screen = tmux.wait_text(f"#{number} {subject}", "CUSTOMER")
+    screen = tmux.wait(
+        lambda s: f"#{number} {subject}" in s and "CUSTOMER" in s and ticket_keys(s),
+        f"ticket #{number} open",
+    )
     assert screen.splitlines()[0].strip().startswith(f"#{number} {subject}")
     assert re.search(r"╭─ +CUSTOMER", screen)  # the customer's first mail, in a box
 
     # n: an internal note; ctrl+s reviews it, ctrl+s again adds it to the thread.
     note = f"E2E note {uuid.uuid4().hex[:8]}: checked the lockout log"
     tmux.keys("n")
-    tmux.wait_text("INTERNAL NOTE", "not sent to the customer")
+    tmux.wait(
+        lambda s: "INTERNAL NOTE" in s and "not sent to the customer" in s and composer_focused(s),
+        "the note editor, focused",
+    )
     tmux.type(note)
     tmux.wait_text(note)
     tmux.keys("C-s")
     tmux.wait_text(f"Review internal note on #{number}")
     tmux.keys("C-s")
     screen = tmux.wait(
-        lambda s: "Review internal note" not in s and "Internal note by" in s and note in s,
+        lambda s: (
+            "Review internal note" not in s
+            and "not sent to the customer" not in s  # the editor is closed
+            and "Internal note by" in s
+            and note in s
+            and ticket_keys(s)
+        ),
         "the note in the thread",
     )
 
     # The note is in the store, internal, as the CLI shows it.
-    shown = subprocess.run(
-        [helpdesk, "ticket", "show", str(number), "--json", "--db", url],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
-    assert shown.returncode == 0, shown.stderr
-    notes = [a for a in json.loads(shown.stdout)["articles"] if a["body"] == note]
+    notes = stored_notes(helpdesk, number, url, env, note)
     assert len(notes) == 1 and notes[0]["kind"] == "note" and notes[0]["internal"] is True
 
     # q goes back to the queue, q again quits; the terminal is as it was before.
     tmux.keys("q")
-    tmux.wait(lambda s: (position(s) or ("",))[0] == "My tickets", "the queue again")
+    tmux.wait(lambda s: at(s, "My tickets") and list_focused(s), "the queue again")
     tmux.keys("q")
     screen = tmux.wait_text("console exited")
     assert (tmp_path / "rc").read_text().strip() == "0"
