@@ -72,8 +72,11 @@ def edit_text(app: Any, text: str, *, suffix: str = ".txt") -> EditResult:
     fd, name = tempfile.mkstemp(prefix="helpdesk-", suffix=suffix)
     path = Path(name)
     try:
+        # A text file ends with a newline (`echo line >> file` in an editor script must not
+        # join the last line); the one added here is taken off again afterwards.
+        written = text if not text or text.endswith("\n") else text + "\n"
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+            fh.write(written)
         try:
             with app.suspend():
                 status = run_editor(path)
@@ -84,6 +87,8 @@ def edit_text(app: Any, text: str, *, suffix: str = ".txt") -> EditResult:
         if status != 0:
             raise EditorError(f"the editor exited with status {status}; the text is unchanged")
         new = path.read_text(encoding="utf-8", errors="replace")
+        if written is not text and new.endswith("\n"):
+            new = new[:-1]
         return EditResult(new, new != text)
     finally:
         path.unlink(missing_ok=True)

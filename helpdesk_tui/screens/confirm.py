@@ -232,7 +232,7 @@ class PromptScreen(ModalScreen[str | None]):
         border: thick $accent; background: $surface; padding: 1 2;
     }
     PromptScreen #title { text-style: bold; }
-    PromptScreen #help { color: $text-muted; }
+    PromptScreen #help { color: $text-muted; width: 100%; }  /* wraps, never cut off */
     PromptScreen Input { margin-top: 1; }
     PromptScreen #error { color: $error; height: auto; }
     """

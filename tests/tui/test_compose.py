@@ -336,7 +336,8 @@ async def test_external_editor_takes_over_the_text(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     script = tmp_path / "fake-editor"
-    script.write_text('#!/bin/sh\nprintf "\\nwritten in the editor" >> "$1"\n')
+    # Appends a line, as `echo >>` does: the file the editor gets must end with a newline.
+    script.write_text('#!/bin/sh\necho "written in the editor" >> "$1"\n')
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("HELPDESK_EDITOR", str(script))
     monkeypatch.setenv("VISUAL", "/bin/false")
@@ -351,6 +352,7 @@ async def test_external_editor_takes_over_the_text(
         screen.thread.focus()
         await pilot.press("e")
         await until(pilot, lambda: screen.composer.text.count("written in the editor") == 2)
+        assert screen.composer.text == "start\nwritten in the editor\nwritten in the editor"
 
 
 def test_editor_precedence() -> None:
