@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import os
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -203,6 +203,26 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+_T = TypeVar("_T")
+#: Writes still running after their caller was cancelled (asyncio keeps only weak references).
+_finishing: set[asyncio.Future[Any]] = set()
+
+
+async def finish_write(write: Awaitable[_T]) -> _T:
+    """Await a store write that runs to its end even if the caller is cancelled.
+
+    Cancelling a task inside a transaction can land in the middle of its COMMIT or ROLLBACK;
+    the pool then fails to reset the connection, which on SQLite may keep the write lock and
+    a driver thread until the connection is garbage-collected, so every other writer waits.
+    The console replaces a running presence or draft write with a newer one (exclusive
+    workers cancel the older): those go through here, so only the caller stops waiting.
+    """
+    task = asyncio.ensure_future(write)
+    _finishing.add(task)
+    task.add_done_callback(_finishing.discard)
+    return await asyncio.shield(task)
 
 
 def sqlite_sidecar_files(path: Path) -> list[Path]:

@@ -22,7 +22,7 @@ from textual.widgets import Button, Input, Select, Static, TextArea
 from helpdesk_tui.editor import EditorError, edit_text
 from helpdesk_tui.screens.canned import CannedItem, CannedScreen
 from helpdesk_tui.widgets.thread import ArticleInfo, ArticleView
-from store.engine import StoreError
+from store.engine import StoreError, finish_write
 from store.models import Status
 from store.sanitize import clean_line, clean_text
 from store.templates import unresolved
@@ -284,10 +284,13 @@ class Composer(Vertical):
         body, kind, ticket_id = self.text, self.kind, self.ticket_id
         me = self.app.me  # type: ignore[attr-defined]
         try:
+            # typing replaces a running save (an exclusive worker): the write still finishes
             if body.strip():
-                await self.service.save_draft(me.id, ticket_id, kind, body, self.base_article_id)
+                await finish_write(
+                    self.service.save_draft(me.id, ticket_id, kind, body, self.base_article_id)
+                )
             else:
-                await self.service.delete_draft(me.id, ticket_id, kind)
+                await finish_write(self.service.delete_draft(me.id, ticket_id, kind))
         except StoreError as exc:
             self.notify(f"The draft could not be saved: {exc}", severity="error", markup=False)
             return False

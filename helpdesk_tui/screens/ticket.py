@@ -62,7 +62,7 @@ from helpdesk_tui.widgets.customer_panel import CustomerInfo, CustomerPanel, Oth
 from helpdesk_tui.widgets.thread import ArticleInfo, AttachmentInfo, ThreadView, human_size
 from helpdesk_tui.widgets.ticket_header import HeaderInfo, PresenceEntry, TicketHeader
 from store import lifecycle
-from store.engine import StoreError
+from store.engine import StoreError, finish_write
 from store.models import Level, Priority, Status
 from store.sanitize import clean_line
 from store.service import ConflictError, NotFoundError, Service, TicketDetail
@@ -456,8 +456,10 @@ class TicketScreen(Screen[None]):
             return
         app: Any = self.app
         with contextlib.suppress(StoreError):
-            await self.service.touch_presence(
-                app.me.id, app.session_id, self.presence_ticket_id, self.presence_mode
+            await finish_write(
+                self.service.touch_presence(
+                    app.me.id, app.session_id, self.presence_ticket_id, self.presence_mode
+                )
             )
 
     def _set_mode(self, mode: str) -> None:
@@ -472,8 +474,10 @@ class TicketScreen(Screen[None]):
         if detail is None:
             return False
         try:
-            await self.service.update_ticket(
-                self.actor, self.number, expected_version=detail.ticket.version, **changes
+            await finish_write(
+                self.service.update_ticket(
+                    self.actor, self.number, expected_version=detail.ticket.version, **changes
+                )
             )
         except ConflictError as exc:
             await self._conflict(exc)
