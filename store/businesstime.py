@@ -32,6 +32,7 @@ __all__ = [
     "CalendarError",
     "IcsResult",
     "add_business_time",
+    "add_business_times",
     "business_time_between",
     "format_hours",
     "hours_from_json",
@@ -370,10 +371,20 @@ class _Timeline:
 
 
 @lru_cache(maxsize=64)
-def _timeline(cal: Calendar) -> _Timeline:
+def _shared_timeline(cal: Calendar) -> _Timeline:
     if not any(cal.hours):
         raise CalendarError(f"calendar {cal.name or cal.timezone!r} has no working hours")
     return _Timeline(cal)
+
+
+def _timeline(cal: Calendar) -> _Timeline:
+    """The calendar's timeline, memoised on the (immutable) calendar object itself: hashing
+    a calendar for the shared cache costs more than the arithmetic it looks up."""
+    tl: _Timeline | None = cal.__dict__.get("_timeline")
+    if tl is None:
+        tl = _shared_timeline(cal)
+        object.__setattr__(cal, "_timeline", tl)
+    return tl
 
 
 def add_business_time(cal: Calendar, start: datetime, duration: timedelta) -> datetime:
@@ -385,19 +396,36 @@ def add_business_time(cal: Calendar, start: datetime, duration: timedelta) -> da
     """
     if duration <= timedelta(0):
         return start.astimezone(UTC)
+    return add_business_times(cal, start, (duration,))[0]
+
+
+def add_business_times(
+    cal: Calendar, start: datetime, durations: Sequence[timedelta]
+) -> list[datetime]:
+    """`add_business_time` for several durations from the same `start` at once (one
+    lookup of `start` on the timeline; the SLA engine's due and warning times)."""
     tl = _timeline(cal)
     s = _to_us(start)
     tl.cover(s)
-    want = tl.business_at(s) + duration // _US
-    for _ in range(_MAX_YEARS_AHEAD // 2 + 1):
-        found = tl.moment_at(want)
-        if found is not None:
-            return _from_us(found)
-        tl.extend()
-    raise CalendarError(
-        f"calendar {cal.name or cal.timezone!r} has no working time within "
-        f"{_MAX_YEARS_AHEAD} years of {start:%Y-%m-%d}"
-    )
+    base = tl.business_at(s)
+    out: list[datetime] = []
+    for duration in durations:
+        if duration <= timedelta(0):
+            out.append(start.astimezone(UTC))
+            continue
+        want = base + duration // _US
+        for _ in range(_MAX_YEARS_AHEAD // 2 + 1):
+            found = tl.moment_at(want)
+            if found is not None:
+                out.append(_from_us(found))
+                break
+            tl.extend()
+        else:
+            raise CalendarError(
+                f"calendar {cal.name or cal.timezone!r} has no working time within "
+                f"{_MAX_YEARS_AHEAD} years of {start:%Y-%m-%d}"
+            )
+    return out
 
 
 def business_time_between(cal: Calendar, a: datetime, b: datetime) -> timedelta:

@@ -58,12 +58,25 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, case, delete, exists, func, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from store import lifecycle
 from store.engine import StoreError
 from store.models import (
     ACTIVE_STATUSES,
@@ -71,6 +84,7 @@ from store.models import (
     AgentQueue,
     Article,
     ArticleKind,
+    AuditEvent,
     CannedResponse,
     Event,
     Level,
@@ -83,7 +97,6 @@ from store.models import (
     Ticket,
     TicketTag,
 )
-from store.msgid import outgoing_message_id
 from store.query import QueryContext, QueryError, compile_where, parse
 from store.rules_models import RULE_EVENTS, Rule, RuleRun
 from store.service import (
@@ -313,7 +326,7 @@ def _check_condition(condition: str) -> str:
         try:
             parse(condition)
         except QueryError as exc:
-            raise RuleError(f"condition: {exc} (column {exc.position})") from None
+            raise RuleError(f"condition: {exc}") from None
     return condition
 
 
@@ -661,6 +674,10 @@ async def assign_ticket(
         return f"assigned {agent.login} ({why})"
 
 
+#: Tickets assigned per write transaction by `assign_backlog`.
+BACKLOG_BATCH = 500
+
+
 async def assign_backlog(
     service: Service,
     queue: str,
@@ -669,19 +686,21 @@ async def assign_backlog(
     actor: Actor = SYSTEM,
     strategy: str | None = None,
     limit: int | None = None,
+    batch: int = BACKLOG_BATCH,
 ) -> list[str]:
-    """Assign a queue's unassigned active tickets, oldest first, in one transaction.
+    """Assign a queue's unassigned active tickets, oldest first; one line per ticket.
 
-    For a queue switched to round robin / least-loaded, or agents coming online; each
-    assignment is a `Service.update_ticket` (audited as `actor`). One line per ticket.
+    For a queue switched to round robin / least-loaded, or agents coming online. The
+    candidates, their tags and the agents' loads are read once; then each `batch` of
+    tickets is one write transaction with a few set-based statements, writing what
+    `Service.update_ticket(actor, number, assignee=...)` writes for each ticket (the
+    priority the matrix gives when it differs and nobody overrode it, the ``assigned``
+    audit row, ``updated_at``, the version, the SLA clocks, an ``updated`` event) and
+    the queue's round-robin cursor. A ticket assigned or closed by someone else since the
+    candidates were read is left alone (and reported).
     """
-    out: list[str] = []
-    async with service.db.write() as session:
+    async with service.db.read() as session:
         q = await service._queue_by_name(session, queue)
-        qstmt = select(Queue).where(Queue.id == q.id)
-        if service.db.dialect == "postgresql":
-            qstmt = qstmt.with_for_update()
-        q = (await session.execute(qstmt)).scalar_one()
         how = strategy or (q.settings or {}).get("assign", "manual")
         if how not in ("round_robin", "least_loaded"):
             raise RuleError(f"queue {q.name} is assigned by hand (strategy {how!r})")
@@ -691,13 +710,13 @@ async def assign_backlog(
             .where(
                 Ticket.queue_id == q.id,
                 Ticket.assignee_id.is_(None),
-                Ticket.status.in_(sorted(s.value for s in ACTIVE_STATUSES)),
+                Ticket.status.in_(_ACTIVE),
             )
             .order_by(Ticket.created_at, Ticket.id)
         )
         if limit is not None:
             stmt = stmt.limit(limit)
-        rows = (await session.execute(stmt)).all()
+        rows = [tuple(r) for r in (await session.execute(stmt)).all()]
         tags: dict[int, list[str]] = {}
         ids = [r[0] for r in rows]
         for start in range(0, len(ids), 500):
@@ -711,19 +730,145 @@ async def assign_backlog(
             ).all():
                 tags.setdefault(tid, []).append(name)
         loads = await _loads(session, [a.id for a in agents]) if how == "least_loaded" else {}
-        cursor = (q.settings or {}).get("rr_cursor")
-        for tid, number, language in rows:
-            fit = _fit(agents, language, tags.get(tid, []))
-            if not fit:
-                out.append(f"#{number} not assigned: no eligible agent")
-                continue
-            agent, why = _choose(fit, cursor, how, loads)
-            await service.update_ticket(actor, number, assignee=agent.login, session=session)
-            cursor = agent.id
-            loads[agent.id] = loads.get(agent.id, 0) + 1
-            out.append(f"#{number} assigned {agent.login} ({why})")
-        q.settings = {**(q.settings or {}), "rr_cursor": cursor}
+    out: list[str] = []
+    for start in range(0, len(rows), max(1, batch)):
+        part = rows[start : start + max(1, batch)]
+        async with service.db.write() as session:
+            qstmt = select(Queue).where(Queue.id == q.id)
+            if service.db.dialect == "postgresql":
+                qstmt = qstmt.with_for_update()
+            locked = (await session.execute(qstmt)).scalar_one()
+            # read in every batch: an assignment made between two batches (a rule on a new
+            # ticket) moved the rotation on, and the next batch continues from there
+            value = (locked.settings or {}).get("rr_cursor")
+            cursor = await _assign_part(
+                service,
+                session,
+                actor,
+                how,
+                q.id,
+                agents,
+                part,
+                tags,
+                loads,
+                int(value) if value is not None else None,
+                out,
+            )
+            locked.settings = {**(locked.settings or {}), "rr_cursor": cursor}
     return out
+
+
+_ACTIVE = sorted(s.value for s in ACTIVE_STATUSES)
+
+
+async def _assign_part(
+    service: Service,
+    session: AsyncSession,
+    actor: Actor,
+    how: str,
+    queue_id: int,
+    agents: Sequence[Agent],
+    part: Sequence[tuple[Any, ...]],
+    tags: Mapping[int, list[str]],
+    loads: dict[int, int],
+    cursor: int | None,
+    out: list[str],
+) -> int | None:
+    """One transaction of `assign_backlog`: picks, then set-based writes. Returns the cursor."""
+    stmt = select(
+        Ticket.id, Ticket.priority, Ticket.impact, Ticket.urgency, Ticket.priority_override_by
+    ).where(
+        Ticket.id.in_([r[0] for r in part]),
+        Ticket.queue_id == queue_id,
+        Ticket.assignee_id.is_(None),
+        Ticket.status.in_(_ACTIVE),
+    )
+    if service.db.dialect == "postgresql":
+        stmt = stmt.with_for_update(of=Ticket)
+    current = {r[0]: r for r in (await session.execute(stmt)).all()}
+    matrix = await service._matrix(session)
+    who = str(actor)
+    audits: list[AuditEvent] = []
+    events: list[Event] = []
+    changes: list[dict[str, Any]] = []
+    for tid, number, language in part:
+        row = current.get(tid)
+        if row is None:
+            out.append(f"#{number} not assigned: assigned or closed meanwhile")
+            continue
+        fit = _fit(agents, language, tags.get(tid, []))
+        if not fit:
+            out.append(f"#{number} not assigned: no eligible agent")
+            continue
+        agent, why = _choose(fit, cursor, how, loads)
+        # What Service.update_ticket(actor, number, assignee=login) writes, in its order.
+        _, priority, impact, urgency, override = row
+        if override is None:
+            derived = lifecycle.derive_priority(Level(impact), Level(urgency), matrix)
+            if int(derived) != priority:
+                audits.append(
+                    _audit_row(
+                        service,
+                        tid,
+                        who,
+                        "changed",
+                        "priority",
+                        Priority(priority).label,
+                        derived.label,
+                    )
+                )
+                priority = int(derived)
+        audits.append(_audit_row(service, tid, who, "assigned", "assignee", None, agent.login))
+        changes.append(
+            {
+                "b_id": tid,
+                "assignee_id": agent.id,
+                "priority": priority,
+                "updated_at": service.clock(),
+            }
+        )
+        events.append(Event(ticket_id=tid, kind="updated", actor=who, created_at=service.clock()))
+        cursor = agent.id
+        loads[agent.id] = loads.get(agent.id, 0) + 1
+        out.append(f"#{number} assigned {agent.login} ({why})")
+    if not changes:
+        return cursor
+    session.add_all(audits)
+    tickets = cast(Table, Ticket.__table__)
+    await session.execute(
+        update(tickets)
+        .where(tickets.c.id == bindparam("b_id"))
+        .values(version=tickets.c.version + 1),
+        changes,
+    )
+    from store import sla
+
+    await sla.recompute_tickets(session, [c["b_id"] for c in changes], service.clock())
+    session.add_all(events)
+    await session.flush()
+    for ev in events:
+        await service._notify(session, ev.id)
+    return cursor
+
+
+def _audit_row(
+    service: Service,
+    ticket_id: int,
+    actor: str,
+    action: str,
+    fld: str,
+    old: str | None,
+    new: str | None,
+) -> AuditEvent:
+    return AuditEvent(
+        ticket_id=ticket_id,
+        actor=actor,
+        action=action,
+        field=fld,
+        old_value=old,
+        new_value=new,
+        created_at=service.clock(),
+    )
 
 
 # --- applying actions ----------------------------------------------------------------------
@@ -741,53 +886,6 @@ async def _our_addresses(session: AsyncSession) -> set[str]:
     return {
         a.lower() for q in (await session.execute(select(Queue))).scalars() for a in q.addresses
     }
-
-
-async def _queue_auto_mail(
-    service: Service,
-    session: AsyncSession,
-    ticket: Ticket,
-    actor: Actor,
-    *,
-    kind: str,
-    article_kind: ArticleKind,
-    to: str,
-    subject: str,
-    body: str,
-    meta: dict[str, Any],
-) -> Article:
-    now = service.clock()
-    refs = await service._thread_references(session, ticket.id)
-    msgid = await outgoing_message_id(session, _mail_domain(ticket), ticket.number)
-    article = Article(
-        ticket_id=ticket.id,
-        kind=article_kind.value,
-        to_addrs=to,
-        subject=subject,
-        message_id=msgid,
-        in_reply_to=refs[-1] if refs else None,
-        references=" ".join(f"<{r}>" for r in refs) or None,
-        body_text=body,
-        delivery_status="queued",
-        meta=meta,
-        created_at=now,
-    )
-    session.add(article)
-    await session.flush()
-    session.add(
-        Outbox(
-            article_id=article.id,
-            ticket_id=ticket.id,
-            message_id=msgid,
-            rcpt_to=[to],
-            rcpt_to_key=to.lower(),
-            kind=kind,
-            status="queued",
-            next_attempt_at=now,
-            created_at=now,
-        )
-    )
-    return article
 
 
 async def _apply_canned(service: Service, actor: Actor, number: int, name: str, kind: str) -> str:
@@ -843,17 +941,16 @@ async def _apply_canned(service: Service, actor: Actor, number: int, name: str, 
             missing = ", ".join(rendered.unknown + rendered.empty)
             return f"canned reply {name!r} not sent: unfilled variables {missing}"
         subject = t.subject if t.subject.lower().startswith("re:") else f"Re: {t.subject}"
-        article = await _queue_auto_mail(
-            service,
+        article = await service.queue_automatic_mail(
             session,
             t,
-            actor,
-            kind=kind,
-            article_kind=ArticleKind.EMAIL_OUT,
+            outbox_kind=kind,
             to=to,
             subject=subject,
             body=rendered.text,
             meta={"auto": kind, "rule": actor.name, "canned": name},
+            domain=_mail_domain(t),
+            now=service.clock(),
         )
         service._audit(
             session, t.id, actor, "auto-replied", None, None, f"article {article.id} ({name})"
@@ -885,13 +982,13 @@ async def _notify(service: Service, actor: Actor, number: int, who: str, mail: b
         service._audit(session, t.id, actor, "notified", "agent", None, agent.login)
         await service._event(session, t.id, "notify", actor)
         if mail and agent.email:
-            await _queue_auto_mail(
-                service,
+            await service.queue_automatic_mail(
                 session,
                 t,
-                actor,
-                kind="notification",
+                outbox_kind="notification",
                 article_kind=ArticleKind.SYSTEM,
+                domain=_mail_domain(t),
+                now=service.clock(),
                 to=agent.email,
                 subject=f"[rule {actor.name}] #{t.number} {t.subject}",
                 body=(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -23,7 +24,8 @@ from store.models import (
 )
 from store.query import QueryContext, QueryError, compile_where, parse
 from store.rules_models import Rule, RuleRun
-from store.service import MAIL, Actor, ArticleInput, Service
+from store.service import MAIL, SYSTEM, Actor, ArticleInput, Service
+from store.sla_models import TicketSla
 from tests.conftest import FakeClock
 
 
@@ -303,6 +305,131 @@ async def test_least_loaded(service: Service) -> None:
     # loads ann 2, ben 0, cid 1 -> ben; then ben 1 = cid 1 -> cid (after ben in rotation);
     # then ann 2, ben 1, cid 2 -> ben; then all 2 -> next after ben: cid
     assert picked == ["ben", "cid", "ben", "cid"]
+
+
+async def test_backlog_batches_write_what_update_ticket_writes(
+    service: Service, clock: FakeClock
+) -> None:
+    """assign_backlog writes set-based per batch; each ticket must end up exactly as
+    Service.update_ticket(assignee=...) leaves its twin: priority from the matrix (audited)
+    unless overridden, the 'assigned' audit row, version, updated_at, one 'updated' event,
+    and the SLA clocks recomputed after the change (a policy on priority:>=high)."""
+    await service.add_queue("Support")
+    await service.add_queue("Twins")
+    for login in ("ann", "ben"):
+        await service.add_agent(login, login.title(), queues=["Support"])
+    await rules.set_assignment(service, "Support", strategy="round_robin")
+    await sla.add_calendar(service.db, "office", timezone="UTC", hours="mon-fri 09:00-17:00")
+    await sla.add_policy(
+        service.db,
+        "high",
+        calendar="office",
+        condition="priority:>=high",
+        targets=sla.parse_targets(first_response="1h", resolution="4h"),
+    )
+    await sla.add_policy(
+        service.db, "rest", calendar="office", targets=sla.parse_targets(resolution="16h")
+    )
+    # (impact, urgency, priority, override, status); the default matrix: high x high = urgent
+    kinds = [
+        (2, 2, 1, None, "open"),  # derived priority differs: audited priority change
+        (2, 2, 1, "agent:x", "open"),  # overridden: left alone
+        (1, 1, 1, None, "new"),
+        (0, 0, 3, None, "pending"),  # derived low: urgent -> low, clock paused
+        (1, 1, 1, None, "on-hold"),
+        (2, 1, 1, None, "answered"),
+        (1, 2, 1, None, "open"),
+    ]
+    async with service.db.write() as session:
+        qids = {name: qid for name, qid in (await session.execute(select(Queue.name, Queue.id)))}
+        now = clock()
+        created = now - timedelta(hours=30)
+        await session.execute(
+            insert(Ticket),
+            [
+                {
+                    "number": 500 + 100 * twin + i,
+                    "subject": f"t{i}",
+                    "queue_id": qids["Twins" if twin else "Support"],
+                    "impact": impact,
+                    "urgency": urgency,
+                    "priority": prio,
+                    "priority_override_by": override,
+                    "status": status,
+                    "created_at": created + timedelta(minutes=i),
+                    "updated_at": created,
+                    "last_customer_at": created + timedelta(minutes=i),
+                }
+                for twin in (0, 1)
+                for i, (impact, urgency, prio, override, status) in enumerate(kinds)
+            ],
+        )
+    clock.advance(minutes=5)
+    lines = await rules.assign_backlog(service, "Support", clock(), batch=3)  # 3 transactions
+    assert [line.split()[0] for line in lines] == [f"#{500 + i}" for i in range(len(kinds))]
+    picked = [line.split()[2] for line in lines]
+    assert picked == ["ann", "ben"] * 3 + ["ann"]
+    async with service.db.write() as session:  # the twins, one update_ticket each
+        for i, login in enumerate(picked):
+            await service.update_ticket(SYSTEM, 600 + i, assignee=login, session=session)
+
+    async def snapshot(number: int) -> tuple[Any, ...]:
+        async with service.db.read() as session:
+            t = (
+                (await session.execute(select(Ticket).where(Ticket.number == number)))
+                .unique()
+                .scalar_one()
+            )
+            audit = (
+                await session.execute(
+                    select(
+                        AuditEvent.actor,
+                        AuditEvent.action,
+                        AuditEvent.field,
+                        AuditEvent.old_value,
+                        AuditEvent.new_value,
+                        AuditEvent.created_at,
+                    )
+                    .where(AuditEvent.ticket_id == t.id)
+                    .order_by(AuditEvent.id)
+                )
+            ).all()
+            events = (
+                await session.execute(
+                    select(Event.kind, Event.actor, Event.created_at).where(Event.ticket_id == t.id)
+                )
+            ).all()
+            row = await session.get(TicketSla, t.id)
+            assert row is not None
+            clocks = {
+                c: getattr(row, c)
+                for c in TicketSla.__table__.columns.keys()  # noqa: SIM118
+                if c != "ticket_id"
+            }
+            return (
+                t.assignee.login if t.assignee else None,
+                t.priority,
+                t.version,
+                t.updated_at,
+                t.next_due_at,
+                audit,
+                events,
+                clocks,
+            )
+
+    for i in range(len(kinds)):
+        mine, twin = await snapshot(500 + i), await snapshot(600 + i)
+        assert mine == twin, f"kind {kinds[i]}"
+    first = await snapshot(500)
+    assert first[1] == 3 and first[2] == 2  # priority normal -> urgent, version 1 -> 2
+    assert [a[1] for a in first[5]] == ["changed", "assigned"]
+    assert first[7]["policy_id"] is not None and first[7]["first_response_due"] is not None
+    paused = await snapshot(503)
+    assert paused[1] == 0 and paused[7]["paused_status"] == "pending"
+    # the queue's rotation carried across the batches and was saved
+    async with service.db.read() as session:
+        q = (await session.execute(select(Queue).where(Queue.name == "Support"))).scalar_one()
+    assert q.settings["rr_cursor"] == (await service.agent("ann")).id
 
 
 async def test_language_and_skill_matching(service: Service, clock: FakeClock) -> None:

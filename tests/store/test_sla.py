@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select, text
 
 from store import sla
 from store.models import ArticleKind, Priority, Status, Ticket
@@ -331,3 +332,116 @@ async def test_recompute_all_applies_conditions_per_ticket(
     for i, n in enumerate(numbers):
         due = (await state(service, n))[1].first_response_due  # type: ignore[union-attr]
         assert due == (utc(2026, 11, 2, 9, 30) if i % 2 else utc(2026, 11, 2, 13)), i
+
+
+async def _sla_rows(service: Service) -> list[tuple[object, ...]]:
+    """The stored values as the database holds them (on SQLite: the text of datetimes and
+    JSON, which queries such as ``sla:due<2h`` compare)."""
+    async with service.db.read() as s:
+        rows = (await s.execute(text("SELECT * FROM ticket_sla ORDER BY ticket_id"))).all()
+        dues = (await s.execute(text("SELECT id, next_due_at FROM tickets ORDER BY id"))).all()
+        return [tuple(r) for r in rows] + [tuple(d) for d in dues]
+
+
+async def test_bulk_recompute_paths_agree(
+    service: Service, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `recompute_all` writes through the driver on SQLite (tuples, stored forms compared)
+    # and through the ORM on PostgreSQL; both must leave the very same rows, pauses,
+    # breaches and explanations, starting from what the per-ticket hooks left.
+    await sla.add_calendar(
+        service.db, "riga", timezone="Europe/Riga", hours="mon-fri 09:00-17:00", country="LV"
+    )
+    await sla.add_policy(
+        service.db,
+        'Kunde "VIP" ā',  # quotes and non-ASCII reach the stored explanation JSON
+        calendar="riga",
+        condition="tag:vip",
+        pause_on_hold=True,
+        targets=sla.parse_targets(first_response="1h", next_response="2h", resolution="8h"),
+    )
+    await office(
+        service,
+        targets=sla.parse_targets(first_response="4h", next_response="3h", resolution="16h"),
+    )
+    clock.now = utc(2026, 11, 13, 15, 30)  # Friday; 18 Nov (Monday after) is a holiday in LV
+    plain = await new_ticket(service)
+    vip = await new_ticket(service, tags=["vip"])
+    waiting = await new_ticket(service)
+    held = await new_ticket(service, tags=["vip"])
+    replied = await new_ticket(service)
+    clock.now = utc(2026, 11, 13, 16, 10, 30, 250)
+    await service.update_ticket(AGENT, waiting, status=Status.PENDING)
+    await service.update_ticket(AGENT, held, status=Status.ON_HOLD)
+    await service.add_reply(AGENT, replied, "Try this", status=Status.ANSWERED)
+    clock.now = utc(2026, 11, 16, 10)
+    await service.add_customer_message(
+        CUSTOMER, replied, ArticleInput(kind=ArticleKind.EMAIL_IN, body="no luck")
+    )
+    await service.update_ticket(AGENT, held, status=Status.OPEN)
+    start = await _sla_rows(service)
+    async with service.db.read() as s:
+        saved = [
+            {c.key: getattr(r, c.key) for c in TicketSla.__table__.columns}
+            for r in (await s.execute(select(TicketSla))).scalars().all()
+        ]
+
+    async def run(
+        driver: bool | None, worker: bool | None = None
+    ) -> list[list[tuple[object, ...]]]:
+        async with service.db.write() as s:  # back to what the hooks left
+            await s.execute(delete(TicketSla))
+            await s.execute(insert(TicketSla), saved)
+        out = []
+        for now in (utc(2026, 11, 16, 11), utc(2026, 11, 19, 12), utc(2026, 11, 19, 12)):
+            await sla.recompute_all(service.db, now, batch=3, driver=driver, worker=worker)
+            out.append(await _sla_rows(service))
+        return out
+
+    orm = await run(False)
+    default = await run(None)
+    assert default == orm
+    monkeypatch.setattr(sla, "_WRITE_CHUNK", 1)  # SQLite: writes overlapping the computing
+    assert await run(None) == orm
+    # SQLite: part of each batch computed in a worker process (as on large stores)
+    assert await run(None, worker=True) == orm
+    assert orm[0] != start and orm[1] != orm[0] and orm[2] == orm[1]
+    async with service.db.read() as s:
+        rows = {r.ticket_id: r for r in (await s.execute(select(TicketSla))).scalars().all()}
+        ids = dict(
+            (await s.execute(select(Ticket.number, Ticket.id))).all()  # type: ignore[arg-type]
+        )
+    assert rows[ids[waiting]].paused_status == "pending"
+    assert rows[ids[held]].pauses[0]["status"] == "on-hold"
+    assert rows[ids[vip]].explanation["policy"] == 'Kunde "VIP" ā'
+    assert rows[ids[replied]].next_response_due is not None
+    assert rows[ids[plain]].explanation["policy"] == "default"
+    # the explanation text the driver path writes is json.dumps of the explanation
+    policies = {p.name: p for p in await _policy_infos(service)}
+    facts = sla.Facts(
+        id=1,
+        status="open",
+        priority=1,
+        created_at=utc(2026, 11, 13, 15, 30, 0, 7),
+        first_response_at=None,
+        solved_at=None,
+        last_customer_at=utc(2026, 11, 13, 15, 30),
+    )
+    pauses = [
+        {
+            "from": "2026-11-13T16:00:00+00:00",
+            "until": "2026-11-16T09:30:00+00:00",
+            "status": "on-hold",
+        },
+        {"from": "2026-11-16T10:00:00.000250+00:00", "until": None, "status": "on-hold"},
+    ]
+    for policy in policies.values():
+        for now in (utc(2026, 11, 16, 11), utc(2026, 11, 30)):
+            result = sla.compute(policy, facts, pauses, now)
+            assert result.explanation_json() == json.dumps(result.explanation())
+    assert sla.compute(None, facts, [], clock.now).explanation_json() == '{"policy": null}'
+
+
+async def _policy_infos(service: Service) -> list[sla.PolicyInfo]:
+    async with service.db.read() as s:
+        return await sla._policies(s)
