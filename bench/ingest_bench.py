@@ -38,7 +38,7 @@ from mail_sync.accounts import add_account, get_account  # noqa: E402
 from mail_sync.engine import SyncEngine, SyncSettings  # noqa: E402
 from store.engine import Database  # noqa: E402
 from store.migrate import upgrade  # noqa: E402
-from store.models import Article, Quarantine, Ticket  # noqa: E402
+from store.models import Article, Outbox, Quarantine, Ticket  # noqa: E402
 from store.service import Service  # noqa: E402
 from tests.services.dovecot import DovecotServer, ImapAccount  # noqa: E402
 
@@ -170,12 +170,26 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+ACK_TEMPLATE = (
+    "Hello {{customer.name}}, we have your request as ticket {{ticket.number}} "
+    "({{ticket.subject}}). {{agent.name}}"
+)
+
+
 async def run_helpdesk(
-    url: str, acct: ImapAccount, batch: int, profile: Path | None
+    url: str, acct: ImapAccount, batch: int, profile: Path | None, ack: bool = False
 ) -> dict[str, Any]:
     db = Database(url)
     await upgrade(db)
-    await Service(db).add_queue("Support", ["support@help.test"])
+    service = Service(db)
+    await service.add_queue("Support", ["support@help.test"])
+    if ack:  # the queue acknowledges new tickets (RFC 3834 rules, 3 per sender and hour)
+        from store.models import Queue
+
+        await service.add_canned("ack", ACK_TEMPLATE)
+        async with db.write() as s:
+            queue = (await s.execute(select(Queue))).scalar_one()
+            queue.settings = {"ack": "ack", "ack_limit_per_hour": 3}
     os.environ[PASSWORD_VAR] = acct.password
     await add_account(
         db,
@@ -209,6 +223,11 @@ async def run_helpdesk(
         prof.dump_stats(str(profile))
     async with db.read() as s:
         counts = {
+            "acks_queued": (
+                await s.execute(
+                    select(func.count()).select_from(Outbox).where(Outbox.kind == "ack")
+                )
+            ).scalar_one(),
             "tickets": (await s.execute(select(func.count()).select_from(Ticket))).scalar_one(),
             "articles": (await s.execute(select(func.count()).select_from(Article))).scalar_one(),
             "quarantined": (
@@ -303,6 +322,9 @@ def main() -> None:
     ap.add_argument("--no-offlineimap", action="store_true")
     ap.add_argument("--offlineimap-timeout", type=float, default=900)
     ap.add_argument("--profile", type=Path, help="cProfile the first SQLite run into this file")
+    ap.add_argument(
+        "--ack", action="store_true", help="the queue sends acknowledgements (3 per sender/hour)"
+    )
     ap.add_argument("--out", type=Path, default=DATA / "ingest-results.json")
     args = ap.parse_args()
 
@@ -315,6 +337,7 @@ def main() -> None:
         "messages": len(raws),
         "bytes": size,
         "batch": args.batch,
+        "ack": args.ack,
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "runs": {},
     }
@@ -348,7 +371,9 @@ def main() -> None:
                             if (args.profile and run == 0 and what == "sqlite")
                             else None
                         )
-                        entry.update(asyncio.run(run_helpdesk(url, acct, args.batch, prof)))
+                        entry.update(
+                            asyncio.run(run_helpdesk(url, acct, args.batch, prof, args.ack))
+                        )
                         if what == "sqlite":
                             for p in work.glob(f"store-{run}.db*"):
                                 p.unlink()

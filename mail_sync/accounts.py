@@ -317,6 +317,19 @@ async def get_account(db: Database, name: str) -> AccountInfo:
         return info_from_row(row, names.get(row.queue_id) if row.queue_id else None)
 
 
+async def update_settings(db: Database, name: str, values: dict[str, Any]) -> AccountInfo:
+    """Override sync settings of one account (e.g. its size limits; see `SyncSettings`)."""
+    async with db.write() as session:
+        row = (
+            await session.execute(select(MailAccount).where(MailAccount.name == name))
+        ).scalar_one_or_none()
+        if row is None:
+            raise AccountNotFound(f"no mail account {name!r} (see `helpdesk mail account list`)")
+        row.settings = {**(row.settings or {}), **values}
+        names = await _queue_names(session)
+        return info_from_row(row, names.get(row.queue_id) if row.queue_id else None)
+
+
 async def remove_account(db: Database, name: str) -> None:
     """Delete an account and its sync state (tickets and quarantined mail stay)."""
     async with db.write() as session:

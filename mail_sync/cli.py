@@ -69,6 +69,14 @@ JsonOpt = Annotated[
 QueueOpt = Annotated[
     str | None, typer.Option("--queue", help="Queue for mail no queue address matches.")
 ]
+MaxMessageOpt = Annotated[
+    float | None,
+    typer.Option(min=0.001, help="Mail over this many MB keeps only its header (default 50)."),
+]
+MaxAttachmentOpt = Annotated[
+    float | None,
+    typer.Option(min=0.001, help="Attachments over this many MB are left out (default 25)."),
+]
 # Where an IMAP or SMTP secret comes from (never the database); `mail account add` and
 # `mail smtp set` take the same four options.
 PasswordEnvOpt = Annotated[
@@ -224,6 +232,8 @@ def account_add(
     after: Annotated[
         str, typer.Option(help="After ingesting: leave (default), seen, or move:FOLDER.")
     ] = "leave",
+    max_message_mb: MaxMessageOpt = None,
+    max_attachment_mb: MaxAttachmentOpt = None,
 ) -> None:
     """Add an IMAP account. The secret itself is never stored in the database."""
     modes = [m for m, on in (("tls", tls), ("starttls", starttls), ("plain", plain)) if on]
@@ -246,6 +256,7 @@ def account_add(
             folders=folder or ["INBOX"],
             queue=queue,
             after=after,
+            settings=_size_limits(max_message_mb, max_attachment_mb),
         )
         if password is not None:
             try:
@@ -265,7 +276,44 @@ def account_add(
     )
 
 
+def _size_limits(max_message_mb: float | None, max_attachment_mb: float | None) -> dict[str, int]:
+    """Account settings for the size limits given in MB (None: keep the default)."""
+    from mail_sync.ingest import MB
+
+    limits = {"max_message_bytes": max_message_mb, "max_attachment_bytes": max_attachment_mb}
+    return {k: int(v * MB) for k, v in limits.items() if v is not None}
+
+
+def _limits_text(a: acc.AccountInfo) -> str:
+    from mail_sync.engine import SyncSettings
+    from mail_sync.ingest import human_size
+
+    limits = SyncSettings.for_account(a)
+    return (
+        f"mail up to {human_size(limits.max_message_bytes)} "
+        f"(larger: header only), attachments up to {human_size(limits.max_attachment_bytes)}"
+    )
+
+
+@account_app.command("limits")
+def account_limits(
+    name: Annotated[str, typer.Argument(help="Account name.")],
+    max_message_mb: MaxMessageOpt = None,
+    max_attachment_mb: MaxAttachmentOpt = None,
+) -> None:
+    """Show or change an account's size limits (mail over them still becomes a ticket)."""
+    values = _size_limits(max_message_mb, max_attachment_mb)
+    if values:
+        info = run(lambda db: acc.update_settings(db, name, values))
+    else:
+        info = run(lambda db: acc.get_account(db, name))
+    out.print(Text(f"Account {info.name}: {_limits_text(info)}."))
+
+
 def _account_dict(a: acc.AccountInfo) -> dict[str, Any]:
+    from mail_sync.engine import SyncSettings
+
+    limits = SyncSettings.for_account(a)
     return {
         "name": a.name,
         "host": a.host,
@@ -277,6 +325,8 @@ def _account_dict(a: acc.AccountInfo) -> dict[str, Any]:
         "after": a.after,
         "enabled": a.enabled,
         "secret": a.secret_source,
+        "max_message_bytes": limits.max_message_bytes,
+        "max_attachment_bytes": limits.max_attachment_bytes,
     }
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mail_sync.accounts import AccountInfo, get_account, list_accounts
 from mail_sync.engine import Progress, SyncEngine, SyncSettings, describe
+from mail_sync.parse import warm_up
 from store.config import Config
 from store.engine import Database, StoreError
 from store.models import utcnow
@@ -173,7 +174,11 @@ async def run_daemon(
         os.getpid(),
         ",".join(a.name for a in fixed) if fixed is not None else "all-enabled",
     )
+    # Load the language model now, not when the first mail arrives in IDLE (small batches
+    # are parsed in this process; the model takes a second or more to load).
+    warm = asyncio.create_task(asyncio.to_thread(warm_up, cfg.languages), name="warm-up")
     helpers = [asyncio.create_task(_tick_loop(service, stop_event, tick_interval), name="tick")]
+    helpers.append(warm)
     if send_outbox:
         helpers.append(
             asyncio.create_task(

@@ -48,6 +48,8 @@ from typing import Any
 
 from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
+from imapclient.imapclient import join_message_ids
+from imapclient.response_parser import parse_fetch_response
 from sqlalchemy import exists, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -75,6 +77,60 @@ log = logging.getLogger("helpdesk.mail.sync")
 #: PostgreSQL advisory lock class for "one sync process per account" (objid = account id).
 PG_ACCOUNT_LOCK_CLASS = 0x4D41494D  # "MAIM"
 _MESSAGE_ID = re.compile(rb"<([^<>\s]{1,900})>")
+#: The plain FETCH responses of a sync batch (see `fetch_items`).
+_FAST_SIZE = re.compile(rb"(\d+) \(UID (\d+) RFC822\.SIZE (\d+)\)")
+_FAST_LITERAL = re.compile(rb"(\d+) \(UID (\d+) (BODY\[(?:HEADER)?\]) \{(\d+)\}")
+
+
+def _parse_plain_fetch(data: list[Any]) -> dict[int, dict[bytes, Any]] | None:
+    """The FETCH responses servers send for one item (`N (UID u RFC822.SIZE s)`, or
+    `N (UID u BODY[] {n}` + literal + `)`) as imapclient's parser returns them; None on
+    anything else (another item order, an unsolicited FLAGS...): use the generic parser."""
+    out: dict[int, dict[bytes, Any]] = {}
+    i, n = 0, len(data)
+    while i < n:
+        d = data[i]
+        if isinstance(d, tuple):
+            if len(d) != 2 or i + 1 >= n or data[i + 1] != b")":
+                return None
+            head, literal = d
+            m = _FAST_LITERAL.fullmatch(head)
+            if m is None or not isinstance(literal, bytes) or len(literal) != int(m.group(4)):
+                return None
+            uid = int(m.group(2))
+            if uid in out:
+                return None
+            out[uid] = {b"SEQ": int(m.group(1)), m.group(3): literal}
+            i += 2
+            continue
+        m = _FAST_SIZE.fullmatch(d) if isinstance(d, bytes) else None
+        if m is None:
+            return None
+        uid = int(m.group(2))
+        if uid in out:
+            return None
+        out[uid] = {b"SEQ": int(m.group(1)), b"RFC822.SIZE": int(m.group(3))}
+        i += 1
+    return out
+
+
+def fetch_items(client: IMAPClient, uids: Sequence[int], item: str) -> dict[int, Any]:
+    """`client.fetch(uids, [item])` (UID FETCH) with the same result, but the plain responses
+    of a sync batch are parsed with two regular expressions instead of imapclient's generic
+    token-by-token parser (a third of the IMAP side's CPU on 500 bodies)."""
+    imap = getattr(client, "_imap", None)
+    if not uids or imap is None or not client.use_uid:
+        return dict(client.fetch(list(uids), [item]))
+    tag = imap._command("UID", "FETCH", join_message_ids(list(uids)), f"({item})")
+    typ, data = imap._command_complete("FETCH", tag)
+    client._checkok("fetch", typ, data)
+    typ, data = imap._untagged_response(typ, data, "FETCH")
+    parsed = _parse_plain_fetch(data)
+    if parsed is None:
+        parsed = parse_fetch_response(data, client.normalise_times, client.use_uid)
+    # Drop unsolicited responses for other messages (as IMAPClient.fetch does).
+    wanted = set(uids)
+    return {uid: v for uid, v in parsed.items() if uid in wanted}
 
 
 @dataclass
@@ -463,9 +519,17 @@ class SyncEngine:
         if pool is not None and len(jobs) > 1:
             loop = asyncio.get_running_loop()
             try:
-                return await loop.run_in_executor(
-                    pool, prepare_many, self.ingestor.prepare_job(), jobs
+                # The workers do not send the raw bytes back (we have them): one copy less.
+                items = await loop.run_in_executor(
+                    pool,
+                    functools.partial(prepare_many, return_raw=False),
+                    self.ingestor.prepare_job(),
+                    jobs,
                 )
+                for item, (raw, _, _) in zip(items, jobs, strict=True):
+                    if item.raw is None:
+                        item.raw = raw
+                return items
             except BrokenProcessPool:
                 log.warning(
                     "event=parse-pool-broken account=%s: parsing in a thread", self.account.name
@@ -576,7 +640,7 @@ class SyncEngine:
         """Fetch and parse a batch: sizes first, then bodies (headers only when too big)."""
         client = conn.client
         limit = self.settings.max_message_bytes
-        sizes = await conn.call(client.fetch, uids, ["RFC822.SIZE"])
+        sizes = await conn.call(fetch_items, client, uids, "RFC822.SIZE")
         small = [u for u in uids if u in sizes and int(sizes[u].get(b"RFC822.SIZE", 0)) <= limit]
         big = [u for u in uids if u in sizes and u not in small]
         bodies: dict[int, Any] = {}
@@ -586,15 +650,15 @@ class SyncEngine:
         for uid in small:
             size = int(sizes[uid].get(b"RFC822.SIZE", 0))
             if chunk and total + size > self.settings.fetch_bytes:
-                bodies.update(await conn.call(client.fetch, chunk, ["BODY.PEEK[]"]))
+                bodies.update(await conn.call(fetch_items, client, chunk, "BODY.PEEK[]"))
                 chunk, total = [], 0
             chunk.append(uid)
             total += size
         if chunk:
-            bodies.update(await conn.call(client.fetch, chunk, ["BODY.PEEK[]"]))
+            bodies.update(await conn.call(fetch_items, client, chunk, "BODY.PEEK[]"))
         heads: dict[int, Any] = {}
         if big:
-            heads = await conn.call(client.fetch, big, ["BODY.PEEK[HEADER]"])
+            heads = await conn.call(fetch_items, client, big, "BODY.PEEK[HEADER]")
         raws: list[tuple[int, bytes, str | None]] = []
         missing: list[int] = []
         for uid in uids:
@@ -773,6 +837,18 @@ class SyncEngine:
             return
         target = self.after_folder
         assert target is not None
+        try:
+            await self._move(conn, uids, target)
+        except IMAPClientError as exc:
+            if "TRYCREATE" not in str(exc):
+                raise
+            # The server says the folder does not exist yet: make it, as mail clients do.
+            await conn.call(client.create_folder, target)
+            log.info("event=after-folder-created account=%s folder=%r", self.account.name, target)
+            await self._move(conn, uids, target)
+
+    async def _move(self, conn: _Connection, uids: list[int], target: str) -> None:
+        client = conn.client
         if conn.has("MOVE"):
             await conn.call(client.move, uids, target)
         elif conn.has("UIDPLUS"):

@@ -8,11 +8,14 @@ quarantined with its raw bytes, and never blocks the rest.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import func, select
@@ -22,13 +25,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mail_sync import csat
 from mail_sync import threading as mail_threading
 from mail_sync.parse import DEFAULT_LANGUAGES, ParsedMail, ParseError, ParseLimits, parse_mail
-from store.bulk_ingest import ArticleSlot, MailBatchWriter, TicketSlot
+from store.bulk_ingest import ArticleSlot, MailBatchWriter, TicketSlot, in_values
 from store.engine import StoreError
 from store.models import (
     Article,
     ArticleKind,
+    CannedResponse,
+    Customer,
     MailAccount,
     MailSeen,
+    Organization,
+    Outbox,
     Quarantine,
     Queue,
     Setting,
@@ -36,7 +43,9 @@ from store.models import (
     Ticket,
     TicketLink,
 )
+from store.msgid import make_message_id
 from store.service import MAIL, ArticleInput, AttachmentInput, NotFoundError, Service
+from store.templates import render
 
 log = logging.getLogger("helpdesk.mail.ingest")
 
@@ -155,6 +164,8 @@ class _Context:
     #: Queue id by lower-cased name, and the ids of queues that send acknowledgements.
     queue_ids: dict[str, int] = field(default_factory=dict)
     ack_queues: set[int] = field(default_factory=set)
+    #: Settings of the queues in `ack_queues` (template name, rate limit).
+    ack_settings: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def split_header(raw: bytes) -> bytes:
@@ -203,20 +214,28 @@ _AUTO_HEADERS = frozenset(
 )
 
 
-def auto_reason(parsed: ParsedMail, own: set[str]) -> tuple[str | None, bool]:
+def first_headers(parsed: ParsedMail) -> dict[str, str]:
+    """The first value of each header, by lower-case name (one pass over the headers)."""
+    found: dict[str, str] = {}
+    for key, value in parsed.headers:
+        lk = key.lower()
+        if lk not in found:
+            found[lk] = value
+    return found
+
+
+def auto_reason(
+    parsed: ParsedMail, own: set[str], first: dict[str, str] | None = None
+) -> tuple[str | None, bool]:
     """Why this mail must never be answered automatically (None: it may be), and whether it is
-    "quiet" (an automatic mail that must not reopen a ticket: bounces, auto-replies, loops)."""
+    "quiet" (an automatic mail that must not reopen a ticket: bounces, auto-replies, loops).
+    `first`: `first_headers(parsed)` if the caller has it already."""
     sender = (parsed.from_addr or "").lower()
     if parsed.is_bounce:
         return "delivery status notification (bounce)", True
     if sender and sender in own:
         return f"sender {sender} is one of our own addresses", True
-    # One pass over the headers (the first of each name), not one per name asked.
-    found: dict[str, str] = {}
-    for key, value in parsed.headers:
-        lk = key.lower()
-        if lk in _AUTO_HEADERS and lk not in found:
-            found[lk] = value
+    found = first if first is not None else first_headers(parsed)
 
     def _header(_parsed: ParsedMail, name: str) -> str | None:
         return found.get(name.lower())
@@ -244,6 +263,17 @@ def auto_reason(parsed: ParsedMail, own: set[str]) -> tuple[str | None, bool]:
     if parsed.auto_submitted or parsed.is_bulk_or_list:
         return "automatic mail (auto-reply markers)", True
     return None, False
+
+
+def _ack_recipient(item: IncomingMail, parsed: ParsedMail) -> tuple[str | None, str]:
+    """(the Return-Path, the acknowledgement's recipient) as `queue_acknowledgement` finds
+    them: the parsed Return-Path, else the one in the raw mail, else the From address."""
+    from mail_sync.outbox import return_path_of
+
+    return_path = parsed.return_path
+    if return_path is None:
+        return_path = return_path_of(item.raw)
+    return return_path, (return_path or parsed.from_addr or "").strip().strip("<>").lower()
 
 
 def _body_of(parsed: ParsedMail) -> tuple[str, str]:
@@ -277,6 +307,30 @@ class _Known:
     hashes: set[str]
     #: The tickets those references point to, locked, as the bulk writer's slots.
     tickets: dict[int, TicketSlot]
+    #: Ticket id by number, for the numbers the window's mails name in one of our
+    #: (HMAC-verified) Message-IDs or in a subject tag; `numbers` is every number looked up.
+    by_number: dict[int, int] = field(default_factory=dict)
+    numbers: set[int] = field(default_factory=set)
+    #: `threading.participants` of subject-tagged tickets (read when first needed).
+    participants: dict[int, tuple[set[str], set[str]]] = field(default_factory=dict)
+    #: Acknowledgements sent (or queued) in the last hour, by recipient (queues with
+    #: acknowledgements only); counted up as the batch queues more.
+    ack_sent: dict[str, int] = field(default_factory=dict)
+    #: `autoreply.own_addresses`, read once (None until an acknowledgement needs it).
+    ack_own: set[str] | None = None
+    #: Acknowledgement templates by name (None: no such template).
+    templates: dict[str, CannedResponse | None] = field(default_factory=dict)
+
+
+@dataclass
+class _AckJob:
+    """An acknowledgement the segment queues: rendered once ticket numbers are known."""
+
+    ticket: TicketSlot
+    data: ArticleInput
+    outbox: dict[str, Any]
+    template: CannedResponse
+    queue_name: str
 
 
 @dataclass
@@ -301,6 +355,10 @@ class _Segment:
     seen: dict[tuple[int, str, int, int], ArticleSlot | None] = field(default_factory=dict)
     results: list[Callable[[], IngestResult]] = field(default_factory=list)
     items: list[IncomingMail] = field(default_factory=list)
+    acks: list[_AckJob] = field(default_factory=list)
+    #: Senders of the mails this segment threads into tickets a subject tag may name
+    #: (they are participants once written), by ticket id.
+    senders: dict[int, set[str]] = field(default_factory=dict)
 
 
 class _PlanFailed(Exception):
@@ -356,13 +414,22 @@ class PrepareJob:
 
 
 def prepare_many(
-    job: PrepareJob, mails: Sequence[tuple[bytes, MailSource, str | None]]
+    job: PrepareJob,
+    mails: Sequence[tuple[bytes, MailSource, str | None]],
+    *,
+    return_raw: bool = True,
 ) -> list[IncomingMail]:
-    """Parse many mails (in a worker process of the sync engine's parse pool)."""
-    return [
-        prepare_mail(raw, src, omitted, job.limits, job.languages, job.max_message_bytes)
-        for raw, src, omitted in mails
-    ]
+    """Parse many mails (in a worker process of the sync engine's parse pool).
+
+    `return_raw=False`: an item whose raw bytes are the ones given comes back with `raw`
+    None (the caller has them; not pickled back); one cut to its header keeps its `raw`."""
+    out = []
+    for raw, src, omitted in mails:
+        item = prepare_mail(raw, src, omitted, job.limits, job.languages, job.max_message_bytes)
+        if not return_raw and item.raw is raw:
+            item.raw = None  # type: ignore[assignment]
+        out.append(item)
+    return out
 
 
 class Ingestor:
@@ -451,7 +518,7 @@ class Ingestor:
         while i < n:
             # A window bounds the lookups re-read after each one-by-one mail.
             end = min(n, i + SEGMENT_WINDOW)
-            known = await self._known(session, items[i:end])
+            known = await self._known(session, items[i:end], ctx)
             seg = _Segment(self.service.mail_batch(session))
             fallback = broken = False
             while i < end:
@@ -504,9 +571,12 @@ class Ingestor:
         session.expunge_all()
         return [r() for r in seg.results]
 
-    async def _known(self, session: AsyncSession, items: Sequence[IncomingMail]) -> _Known:
+    async def _known(
+        self, session: AsyncSession, items: Sequence[IncomingMail], ctx: _Context | None = None
+    ) -> _Known:
         """Bulk lookups for `items`: server keys seen, stored Message-IDs (their own and the
         ones they reference), content hashes, and the referenced tickets (locked)."""
+        dialect = self.db.dialect
         seen: dict[tuple[int, str, int, int], tuple[int | None, int | None]] = {}
         groups: dict[tuple[int, str, int], list[int]] = {}
         for it in items:
@@ -522,7 +592,7 @@ class Ingestor:
                             ms.account_id == acct,
                             ms.folder == folder,
                             ms.uidvalidity == uv,
-                            ms.uid.in_(chunk),
+                            in_values(dialect, ms.uid, chunk),
                         )
                     )
                 ).all():
@@ -545,7 +615,7 @@ class Ingestor:
             for mid, tid in (
                 await session.execute(
                     select(ac.message_id, ac.ticket_id)
-                    .where(ac.message_id.in_(chunk))
+                    .where(in_values(dialect, ac.message_id, chunk))
                     .order_by(ac.id)
                 )
             ).all():
@@ -557,14 +627,247 @@ class Ingestor:
                 (
                     await session.execute(
                         select(ac.content_hash).where(
-                            ac.content_hash.in_(chunk), ac.message_id.is_(None)
+                            in_values(dialect, ac.content_hash, chunk), ac.message_id.is_(None)
                         )
                     )
                 ).scalars()
             )
+        numbers: set[int] = set()
+        if ctx is not None:
+            for it in items:
+                p = it.parsed
+                if p is None:
+                    continue
+                for mid in mail_threading.candidate_ids(p.in_reply_to, p.references):
+                    number = mail_threading.verify_message_id(mid, ctx.secret)
+                    if number is not None:
+                        numbers.add(number)
+                tagged = mail_threading.find_tag(p.subject, ctx.tag_format)
+                if tagged is not None:
+                    numbers.add(tagged)
+        by_number: dict[int, int] = {}
+        tc = Ticket.__table__.c
+        for chunk in _chunks(sorted(numbers)):
+            for tid, number in (
+                await session.execute(
+                    select(tc.id, tc.number).where(in_values(dialect, tc.number, chunk))
+                )
+            ).all():
+                by_number[int(number)] = int(tid)
         writer = self.service.mail_batch(session)
-        tickets = await writer.load_tickets(by_mid[m] for m in refs if m in by_mid)
-        return _Known(seen, by_mid, hashes, tickets)
+        tickets = await writer.load_tickets(
+            [by_mid[m] for m in refs if m in by_mid] + list(by_number.values())
+        )
+        known = _Known(seen, by_mid, hashes, tickets, by_number, numbers)
+        if ctx is not None and ctx.ack_queues:
+            recipients = {_ack_recipient(it, it.parsed)[1] for it in items if it.parsed is not None}
+            await self._count_acks(session, known, sorted(r for r in recipients if r))
+        return known
+
+    async def _decide_by_number(
+        self,
+        session: AsyncSession,
+        ctx: _Context,
+        known: _Known,
+        seg: _Segment,
+        parsed: ParsedMail,
+        ids: Sequence[str],
+    ) -> tuple[TicketSlot | None, str] | None:
+        """`threading.decide` after no reference is a stored message, from the window's
+        lookups: one of our HMAC-verified Message-IDs, then the subject tag (sender a
+        participant of the tagged ticket, or of its organization). Returns (the ticket to
+        thread into, why) or (None, why) for a new ticket; None when only the one-by-one path
+        can tell (a tag naming no stored ticket; a sender who is no participant: a linked
+        ticket). Senders this segment threaded into the ticket count as participants."""
+        unverified: list[str] = []
+        for mid in ids:
+            number = mail_threading.verify_message_id(mid, ctx.secret)
+            if number is not None:
+                tid = known.by_number.get(number)
+                if tid is not None and tid in known.tickets:
+                    return known.tickets[tid], (
+                        f"<{mid}> is one of our Message-IDs (HMAC verified) for ticket #{number}"
+                    )
+                if number not in known.numbers:
+                    return None
+                # no such ticket: decide() goes on with the next reference
+            elif mail_threading.is_our_message_id(mid):
+                unverified.append(mid)
+        note = ""
+        if unverified:
+            note = f"; ignored unverified ticket Message-ID <{unverified[0]}>"
+        elif ids:
+            note = f"; none of {len(ids)} referenced Message-IDs is known"
+        number = mail_threading.find_tag(parsed.subject, ctx.tag_format)
+        if number is None:
+            return None, mail_threading.new_ticket_reason(note)
+        tid = known.by_number.get(number)
+        if tid is None or tid not in known.tickets:
+            return None
+        tagged = known.tickets[tid]
+        if tid not in known.participants:
+            ticket = await session.get(Ticket, tid)
+            if ticket is None:
+                return None
+            known.participants[tid] = await mail_threading.participants(session, ticket)
+        addrs, domains = known.participants[tid]
+        addrs = addrs | seg.senders.get(tid, set())
+        tag = ctx.tag_format.replace("{number}", str(number))
+        who = (parsed.from_addr or "").strip().lower()
+        domain = who.rpartition("@")[2]
+        if who and who in addrs:
+            return tagged, f"subject tag {tag}; sender {who} is a participant of #{number}{note}"
+        if who and domain and domain in domains:
+            return tagged, (
+                f"subject tag {tag}; sender domain {domain} belongs to the organization of "
+                f"#{number}{note}"
+            )
+        return None
+
+    async def _count_acks(
+        self, session: AsyncSession, known: _Known, recipients: list[str]
+    ) -> None:
+        """One query for the rate limit of every acknowledgement a window may send."""
+        since = self.service.clock() - timedelta(hours=1)
+        oc = Outbox.__table__.c
+        for chunk in _chunks(recipients):
+            for key, n in (
+                await session.execute(
+                    select(oc.rcpt_to_key, func.count())
+                    .where(
+                        oc.kind == "ack",
+                        oc.created_at >= since,
+                        in_values(self.db.dialect, oc.rcpt_to_key, chunk),
+                    )
+                    .group_by(oc.rcpt_to_key)
+                )
+            ).all():
+                known.ack_sent[key] = int(n)
+
+    async def _plan_ack(
+        self,
+        session: AsyncSession,
+        ctx: _Context,
+        known: _Known,
+        item: IncomingMail,
+        parsed: ParsedMail,
+        auto: str | None,
+        queue_id: int,
+    ) -> tuple[str, str, CannedResponse | None]:
+        """`autoreply.queue_acknowledgement`'s decision for a new ticket of an acknowledging
+        queue, from the batch's lookups: (outcome, recipient, template when one is queued)."""
+        from mail_sync.autoreply import DEFAULT_LIMIT_PER_HOUR, own_addresses, suppression_reason
+        from mail_sync.outbox import is_safe_address
+
+        settings = ctx.ack_settings.get(queue_id, {})
+        template_name = str(settings.get("ack"))
+        return_path, recipient = _ack_recipient(item, parsed)
+        if return_path is not None and not return_path.strip("<> "):
+            return (
+                "acknowledgement suppressed: the mail's Return-Path is <> (automatic mail)",
+                recipient,
+                None,
+            )
+        if known.ack_own is None:
+            known.ack_own = await own_addresses(session)
+        for address in dict.fromkeys([parsed.from_addr, recipient]):
+            reason = suppression_reason(
+                sender=address,
+                auto_submitted=parsed.auto_submitted or auto is not None,
+                is_bulk_or_list=parsed.is_bulk_or_list,
+                is_bounce=parsed.is_bounce,
+                ours=known.ack_own,
+            )
+            if reason:
+                return f"acknowledgement suppressed: {reason}", recipient, None
+        if not is_safe_address(recipient):
+            return (
+                f"acknowledgement suppressed: unusable return address {recipient!r}",
+                recipient,
+                None,
+            )
+        limit = int(settings.get("ack_limit_per_hour", DEFAULT_LIMIT_PER_HOUR))
+        sent = known.ack_sent.get(recipient, 0)
+        if sent >= limit:
+            return (
+                f"acknowledgement suppressed: {sent} already sent to {recipient} in the last "
+                f"hour (limit {limit})",
+                recipient,
+                None,
+            )
+        if template_name not in known.templates:
+            known.templates[template_name] = (
+                await session.execute(
+                    select(CannedResponse).where(
+                        CannedResponse.name == template_name, CannedResponse.owner_id.is_(None)
+                    )
+                )
+            ).scalar_one_or_none()
+        canned = known.templates[template_name]
+        if canned is None:
+            return f"acknowledgement template {template_name!r} not found", recipient, None
+        unknown = render(canned.body, {}).unknown  # the names only: not the ticket's values
+        if unknown:
+            return (
+                "acknowledgement not sent: template has unknown variables " + ", ".join(unknown),
+                recipient,
+                None,
+            )
+        known.ack_sent[recipient] = sent + 1
+        return "acknowledgement queued", recipient, canned
+
+    async def _render_acks(self, session: AsyncSession, ctx: _Context, seg: _Segment) -> None:
+        """Fill in the segment's acknowledgements once ticket numbers and customers are known
+        (`MailBatchWriter.prepare`): the template rendered for each ticket, as
+        `queue_acknowledgement` renders it, and a fresh verifiable Message-ID."""
+        from store.templates import context_from
+
+        cc, oc = Customer.__table__.c, Organization.__table__.c
+        customer_ids = sorted({j.ticket.customer_id for j in seg.acks if j.ticket.customer_id})
+        customers: dict[int, tuple[str, str, int | None]] = {}
+        for chunk in _chunks(customer_ids):
+            for row in (
+                await session.execute(
+                    select(cc.id, cc.name, cc.email, cc.organization_id).where(
+                        in_values(self.db.dialect, cc.id, chunk)
+                    )
+                )
+            ).all():
+                customers[int(row.id)] = (row.name or "", row.email or "", row.organization_id)
+        org_ids = sorted(
+            {j.ticket.organization_id for j in seg.acks if j.ticket.organization_id}
+            | {c[2] for c in customers.values() if c[2]}
+        )
+        orgs: dict[int, str] = {}
+        for chunk in _chunks(org_ids):
+            for oid, name in (
+                await session.execute(
+                    select(oc.id, oc.name).where(in_values(self.db.dialect, oc.id, chunk))
+                )
+            ).all():
+                orgs[int(oid)] = name
+
+        def org_of(oid: int | None) -> SimpleNamespace | None:
+            return SimpleNamespace(name=orgs[oid]) if oid is not None and oid in orgs else None
+
+        for job in seg.acks:
+            t = job.ticket
+            assert t.number is not None
+            name, email, cust_org = customers.get(t.customer_id or 0, ("", "", None))
+            customer = SimpleNamespace(
+                name=name, email=email, organization=org_of(cust_org) if cust_org else None
+            )
+            ticket_view = SimpleNamespace(
+                number=t.number,
+                subject=t.subject,
+                customer=customer if t.customer_id else None,
+                organization=org_of(t.organization_id) if t.organization_id else None,
+            )
+            team = SimpleNamespace(name=job.queue_name)
+            job.data.body = render(job.template.body, context_from(ticket_view, team)).text
+            msgid = make_message_id(t.number, ctx.secret, ctx.domain)
+            job.data.message_id = msgid
+            job.outbox["message_id"] = msgid
 
     async def _plan(
         self,
@@ -669,7 +972,15 @@ class Ingestor:
             if tid is None and mid in seg.by_mid:
                 target, matched = seg.by_mid[mid], mid
                 break
-        auto, quiet = auto_reason(parsed, ctx.own_addresses)
+        #: The threading reason when not a stored reference (`threading.decide`'s wording).
+        decided: str | None = None
+        if target is None:
+            found = await self._decide_by_number(session, ctx, known, seg, parsed, ids)
+            if found is None:
+                return False  # the one-by-one path decides (and links, or names no ticket)
+            target, decided = found
+        first = first_headers(parsed)
+        auto, quiet = auto_reason(parsed, ctx.own_addresses, first)
         meta: dict[str, Any] = {"source": src.label}
         if auto:
             meta["auto"] = True
@@ -685,6 +996,8 @@ class Ingestor:
         note_input = _left_out_input(parsed, left_out)
         sender = _fmt_addr(parsed.from_name, parsed.from_addr)
         body = _body_of(parsed)[0]
+        ack: tuple[str, str, CannedResponse | None] | None = None
+        queue_id: int | None = None
         if target is not None:
             if target.status in (Status.CLOSED.value, Status.MERGED.value):
                 return False
@@ -701,10 +1014,13 @@ class Ingestor:
             ticket = target
 
             def set_reason(
-                into: dict[str, Any] = meta, ticket: TicketSlot = ticket, mid: str = matched
+                into: dict[str, Any] = meta,
+                ticket: TicketSlot = ticket,
+                mid: str = matched,
+                decided: str | None = decided,
             ) -> None:
                 assert ticket.number is not None
-                why = mail_threading.reply_reason(mid, parsed.in_reply_to, ticket.number)
+                why = decided or mail_threading.reply_reason(mid, parsed.in_reply_to, ticket.number)
                 if quiet:
                     why += f"; automatic mail ({auto}): status kept"
                 into["threading"] = why
@@ -714,19 +1030,21 @@ class Ingestor:
                 slot = writer.attach_quietly(MAIL, ticket, data, "automatic mail")
             else:
                 slot = writer.customer_message(MAIL, ticket, data)
+            if ticket.id is not None and ticket.number in known.numbers:
+                seg.senders.setdefault(ticket.id, set()).update(
+                    mail_threading.addresses_in([data.from_addr])
+                )
             outcome = "threaded"
         else:
-            note = mail_threading.unknown_references_note(ids, ctx.secret)
-            if note is None or mail_threading.find_tag(parsed.subject, ctx.tag_format) is not None:
-                return False  # an HMAC-verified Message-ID or a subject tag: look them up
-            queue, queue_reason = self._route(ctx, parsed)
+            queue, queue_reason = self._route(ctx, parsed, first)
             queue_id = ctx.queue_ids.get(queue.lower()) if queue else None
             if queue and queue_id is None:
                 return False  # no such queue: the one-by-one path reports it
-            if queue_id is not None and queue_id in ctx.ack_queues:
-                return False  # acknowledgements are queued one by one
-            meta["threading"] = mail_threading.new_ticket_reason(note)
+            meta["threading"] = decided
             meta["queue"] = queue_reason
+            if queue_id is not None and queue_id in ctx.ack_queues:
+                ack = await self._plan_ack(session, ctx, known, item, parsed, auto, queue_id)
+                meta["ack"] = ack[0]
             ticket, slot = writer.new_ticket(
                 MAIL,
                 subject=parsed.subject or "(no subject)",
@@ -740,6 +1058,8 @@ class Ingestor:
             outcome = "created"
         if note_input is not None:
             writer.add_note(MAIL, ticket, note_input)
+        if outcome == "created" and ack is not None and ack[2] is not None:
+            self._queue_ack(ctx, seg, ticket, parsed, ack[1], ack[2], queue_id)
         if parsed.message_id:
             seg.by_mid.setdefault(parsed.message_id, ticket)
             seg.articles_by_mid.setdefault(parsed.message_id, []).append(
@@ -760,6 +1080,44 @@ class Ingestor:
             )
         )
         return True
+
+    def _queue_ack(
+        self,
+        ctx: _Context,
+        seg: _Segment,
+        ticket: TicketSlot,
+        parsed: ParsedMail,
+        recipient: str,
+        template: CannedResponse,
+        queue_id: int | None,
+    ) -> None:
+        """The acknowledgement's article and Outbox row, as `queue_acknowledgement` adds them
+        (body and Message-ID filled in by `_render_acks`)."""
+        now = self.service.clock()
+        subject = ticket.subject
+        data = ArticleInput(
+            kind=ArticleKind.EMAIL_OUT,
+            to_addrs=recipient,
+            subject=subject if subject.lower().startswith("re:") else f"Re: {subject}",
+            in_reply_to=parsed.message_id,
+            references=f"<{parsed.message_id}>" if parsed.message_id else None,
+            meta={"auto": "ack"},
+            created_at=now,
+        )
+        outbox: dict[str, Any] = {
+            "message_id": None,
+            "rcpt_to": [recipient],
+            "rcpt_to_key": recipient,
+            "kind": "ack",
+            "status": "queued",
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+        seg.writer.outgoing(MAIL, ticket, data, outbox)
+        if not seg.acks:
+            seg.writer.prepare(functools.partial(self._render_acks, seg.writer.session, ctx, seg))
+        queue_name = ctx.queue_names.get(queue_id, "Support") if queue_id else "Support"
+        seg.acks.append(_AckJob(ticket, data, outbox, template, queue_name))
 
     async def _run_rules(self, results: Sequence[IngestResult]) -> None:
         """Routing and other rules run after the mail's transaction committed (never before)."""
@@ -803,11 +1161,13 @@ class Ingestor:
         names: dict[int, str] = {}
         queue_ids: dict[str, int] = {}
         ack_queues: set[int] = set()
+        ack_settings: dict[int, dict[str, Any]] = {}
         for q in (await session.execute(select(Queue).order_by(Queue.id))).scalars():
             names[q.id] = q.name
             queue_ids.setdefault(q.name.lower(), q.id)
             if (q.settings or {}).get("ack"):
                 ack_queues.add(q.id)
+                ack_settings[q.id] = dict(q.settings or {})
             for addr in q.addresses or []:
                 a = addr.strip().lower()
                 if a:
@@ -817,7 +1177,9 @@ class Ingestor:
             if "@" in username:
                 own.add(username.lower())
         domain = from_address.rpartition("@")[2] if "@" in from_address else "helpdesk.invalid"
-        return _Context(secret, tag_format, by_address, names, own, domain, queue_ids, ack_queues)
+        return _Context(
+            secret, tag_format, by_address, names, own, domain, queue_ids, ack_queues, ack_settings
+        )
 
     # ------------------------------------------------------------------ one mail
     async def ingest_one(
@@ -972,11 +1334,13 @@ class Ingestor:
             return same, "no Message-ID; same content"
         return None, ""
 
-    def _route(self, ctx: _Context, parsed: ParsedMail) -> tuple[str | None, str]:
+    def _route(
+        self, ctx: _Context, parsed: ParsedMail, first: dict[str, str] | None = None
+    ) -> tuple[str | None, str]:
         candidates: list[tuple[str, str]] = [("To", a) for _, a in parsed.to]
         candidates += [("Cc", a) for _, a in parsed.cc]
         for h in ("Delivered-To", "X-Original-To", "Envelope-To"):
-            v = _header(parsed, h)
+            v = first.get(h.lower()) if first is not None else _header(parsed, h)
             if v:
                 candidates.append((h, v.strip().strip("<>")))
         for where, addr in candidates:
@@ -1333,9 +1697,10 @@ async def _held(session: AsyncSession, qid: int) -> Quarantine:
     if q is None:
         raise NotFoundError(f"no quarantine entry {qid} (see `helpdesk mail quarantine list`)")
     if q.status != "held":
+        number = await session.scalar(select(Ticket.number).where(Ticket.id == q.ticket_id))
         raise QuarantineError(
             f"quarantine entry {qid} is already {q.status}"
-            + (f" (ticket id {q.ticket_id})" if q.ticket_id else "")
+            + (f" (ticket #{number})" if number is not None else "")
         )
     return q
 

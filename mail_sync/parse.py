@@ -146,6 +146,116 @@ class _RawPolicy(Compat32):
 
 _POLICY = _RawPolicy()
 _PARSER = BytesParser(policy=_POLICY)
+
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+_LONE_CR = re.compile(r"\r(?!\n)")
+_FIELD_NAME = re.compile(r"[\041-\071\073-\176]+")
+
+
+def _header_block(text: str, pos: int, stop: int) -> tuple[Message, int] | None:
+    """The header fields of the part starting at `pos` (the part ends at `stop`) and where
+    its body starts, split as the feed parser splits them; None for a header the feed parser
+    would treat specially (a continuation first, a Unix `From ` line, a line that is neither
+    a field nor blank)."""
+    msg = Message(policy=_POLICY)
+    field: list[str] = []
+    body_start = stop
+    while pos < stop:
+        m = _NEWLINE.search(text, pos, stop)
+        end = m.end() if m is not None else stop
+        line = text[pos:end]
+        head = line[0]
+        if head == " " or head == "\t":
+            if not field:
+                return None
+            field.append(line)
+        elif head == "\r" or head == "\n":
+            body_start = end
+            break
+        else:
+            colon = line.find(":")
+            if colon <= 0 or line.startswith("From ") or not _FIELD_NAME.fullmatch(line, 0, colon):
+                return None
+            if field:
+                msg.set_raw(*_POLICY.header_source_parse(field))
+            field = [line]
+        pos = end
+    if field:
+        msg.set_raw(*_POLICY.header_source_parse(field))
+    return msg, body_start
+
+
+def _strip_eol(value: str) -> str:
+    if value.endswith("\r\n"):
+        return value[:-2]
+    if value.endswith(("\r", "\n")):
+        return value[:-1]
+    return value
+
+
+def _parse_simple(raw: bytes) -> Message | None:
+    """What `_PARSER.parsebytes(raw)` returns, for the common shapes: a single part, or a
+    multipart/* of single parts (a text with an HTML alternative or attachments). None for
+    anything else (nesting, message/*, a defect the feed parser would note): use the parser.
+
+    The stdlib feed parser walks every line of the message in Python and matches each against
+    the boundaries (a 60 kB attachment is ~800 lines); this cuts the same pieces with a few
+    searches. Its rules, kept here: lines end at CRLF, CR or LF; a field line is `name:`
+    (characters 33-126 but ':'), continuation lines start with space or tab, a blank line
+    ends the header; a boundary line is `--boundary`, optionally `--`, blanks, end of line;
+    the line break before a boundary belongs to the boundary; the preamble is what precedes
+    the first boundary, the epilogue what follows the closing one."""
+    text = raw.decode("ascii", "surrogateescape")
+    n = len(text)
+    top = _header_block(text, 0, n)
+    if top is None:
+        return None
+    msg, body_start = top
+    maintype = msg.get_content_maintype()
+    if maintype == "message":
+        return None
+    if maintype != "multipart":
+        msg.set_payload(text[body_start:])
+        return msg
+    boundary = msg.get_boundary()
+    if (
+        boundary is None
+        or msg.get_content_type() == "multipart/digest"
+        or str(msg.get("content-transfer-encoding", "8bit")).lower()
+        not in ("7bit", "8bit", "binary")
+        or _LONE_CR.search(text, body_start) is not None
+    ):
+        return None
+    # Line starts are after LF only (no lone CR): MULTILINE ^ finds every boundary line.
+    lines = re.compile(
+        "^" + re.escape("--" + boundary) + r"(--)?[ \t]*(?:\r\n|\n|\Z)", re.MULTILINE
+    )
+    found = list(lines.finditer(text, body_start))
+    if not found or found[0].group(1) is not None:
+        return None  # no start boundary
+    if found[0].start() > body_start:
+        msg.preamble = _strip_eol(text[body_start : found[0].start()])
+    close = None
+    for sep, nxt in zip(found, found[1:], strict=False):
+        if nxt.start() == sep.end():
+            return None  # consecutive boundary lines
+        part = _header_block(text, sep.end(), nxt.start())
+        if part is None:
+            return None
+        sub, sub_body = part
+        if sub.get_content_maintype() in ("multipart", "message"):
+            return None
+        sub.set_payload(_strip_eol(text[sub_body : nxt.start()]))
+        msg.attach(sub)
+        if nxt.group(1) is not None:
+            close = nxt
+            break
+    if close is None:
+        return None  # no closing boundary
+    msg.epilogue = text[close.end() :]
+    return msg
+
+
 # For re-serialising attached messages: no ">From " mangling, no re-folding, CRLF like a .eml.
 _SERIALISE_POLICY = _POLICY.clone(mangle_from_=False, max_line_length=0, linesep="\r\n")
 
@@ -1570,7 +1680,8 @@ def parse_mail(
         notes.add("blank lines before the header removed")
     body_unparsed = False
     try:
-        msg = _PARSER.parsebytes(source)
+        fast = _parse_simple(source)
+        msg = fast if fast is not None else _PARSER.parsebytes(source)
     except RecursionError:
         # Nesting deeper than Python's recursion limit: keep the headers, leave the body out.
         try:

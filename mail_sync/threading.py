@@ -158,6 +158,11 @@ def _addresses(values: Iterable[str]) -> set[str]:
     return {a.strip().lower() for _, a in getaddresses([v for v in values if v]) if "@" in a}
 
 
+def addresses_in(values: Iterable[str]) -> set[str]:
+    """The mail addresses in address header values (lower case), as `participants` reads them."""
+    return _addresses(values)
+
+
 async def participants(session: AsyncSession, ticket: Ticket) -> tuple[set[str], set[str]]:
     """(addresses, domains) of the people on a ticket."""
     addrs: set[str] = set()

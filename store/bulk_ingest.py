@@ -12,12 +12,24 @@ update for all new ticket numbers), inside the caller's transaction.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+import json
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    bindparam,
+    func,
+    insert,
+    literal_column,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store import lifecycle, search_index
@@ -35,6 +47,7 @@ from store.models import (
     Level,
     MailSeen,
     Organization,
+    Outbox,
     Status,
     Ticket,
 )
@@ -51,6 +64,7 @@ _T_CustomerEmail = cast(Table, CustomerEmail.__table__)
 _T_Event = cast(Table, Event.__table__)
 _T_MailSeen = cast(Table, MailSeen.__table__)
 _T_Organization = cast(Table, Organization.__table__)
+_T_Outbox = cast(Table, Outbox.__table__)
 _T_Ticket = cast(Table, Ticket.__table__)
 
 #: Rows per IN (...) list.
@@ -62,6 +76,59 @@ SLA_VERSION_KEY = "sla_version"
 def _chunks(seq: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
     for i in range(0, len(seq), size):
         yield seq[i : i + size]
+
+
+def in_values(dialect: str, column: Any, values: Sequence[Any]) -> ColumnElement[bool]:
+    """`column IN (values)`. On SQLite the values travel as ONE JSON parameter
+    (`IN (SELECT value FROM json_each(?))`): building and expanding hundreds of bound
+    literals per lookup cost more CPU than the lookup itself."""
+    if dialect == "sqlite":
+        return column.in_(
+            select(literal_column("value")).select_from(func.json_each(json.dumps(list(values))))
+        )
+    return cast(ColumnElement[bool], column.in_(list(values)))
+
+
+#: (SQL, per-column value makers) of a plain SQLite executemany, by (table, row keys).
+_InsertPlan = tuple[str, list[tuple[str | None, Any, Callable[[Any], Any] | None]]]
+_INSERT_PLANS: dict[tuple[str, tuple[str, ...]], _InsertPlan | None] = {}
+
+
+def _insert_plan(dialect: Dialect, table: Table, keys: tuple[str, ...]) -> _InsertPlan | None:
+    """How to insert rows with `keys` into `table` with the driver's executemany: the same
+    SQL and bound values SQLAlchemy's `insert(table)` would send (each column's own bind
+    processor, scalar column defaults for the columns not given), without its per-row
+    parameter processing. None when a missing column has a computed default (use SQLAlchemy)."""
+    cache_key = (table.name, keys)
+    if cache_key in _INSERT_PLANS:
+        return _INSERT_PLANS[cache_key]
+    plan: _InsertPlan | None
+    cols: list[str] = []
+    makers: list[tuple[str | None, Any, Callable[[Any], Any] | None]] = []
+    ok = True
+    for col in table.columns:
+        proc = col.type.dialect_impl(dialect).bind_processor(dialect)
+        if col.key in keys:
+            cols.append(col.name)
+            makers.append((col.key, None, proc))
+        elif col.default is not None:
+            if not col.default.is_scalar:
+                ok = False
+                break
+            value = col.default.arg  # type: ignore[attr-defined]
+            cols.append(col.name)
+            makers.append((None, proc(value) if proc else value, None))
+    if ok and set(keys) <= {c.key for c in table.columns}:
+        quote = dialect.identifier_preparer.quote
+        sql = (
+            f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in cols)}) "
+            f"VALUES ({', '.join('?' for _ in cols)})"
+        )
+        plan = (sql, makers)
+    else:
+        plan = None
+    _INSERT_PLANS[cache_key] = plan
+    return plan
 
 
 @dataclass(eq=False)
@@ -87,6 +154,8 @@ class TicketSlot:
     queue_id: int | None = None
     customer_email: str = ""
     customer_name: str = ""
+    #: The customer's name as stored (after `write()` found or created the customer).
+    stored_customer_name: str = ""
     created_at: datetime | None = None
     priority: int = 1
 
@@ -99,6 +168,8 @@ class ArticleSlot:
     data: ArticleInput
     actor: Actor
     id: int | None = None
+    #: Outgoing mail only: "queued" for the outbox.
+    delivery_status: str | None = None
 
 
 @dataclass
@@ -130,6 +201,8 @@ class MailBatchWriter:
     events: list[tuple[TicketSlot, str, str, datetime]] = field(default_factory=list)
     seen: list[_Seen] = field(default_factory=list)
     _before_insert: list[Callable[[], None]] = field(default_factory=list)
+    _prepare: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    outbox: list[tuple[ArticleSlot, dict[str, Any]]] = field(default_factory=list)
     _priority: int | None = None
 
     @property
@@ -141,6 +214,29 @@ class MailBatchWriter:
 
     def __len__(self) -> int:
         return len(self.articles) + len(self.seen)
+
+    async def _insert(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        """`session.execute(insert(table), rows)`; on SQLite as one plain driver executemany
+        (see `_insert_plan`): same rows, a fraction of the CPU."""
+        if not rows:
+            return
+        if self.dialect == "sqlite":
+            conn = await self.session.connection()
+            plan = _insert_plan(conn.dialect, table, tuple(rows[0]))
+            if plan is not None:
+                sql, makers = plan
+                params = [
+                    tuple(
+                        (proc(row[key]) if proc is not None else row[key])
+                        if key is not None
+                        else const
+                        for key, const, proc in makers
+                    )
+                    for row in rows
+                ]
+                await conn.exec_driver_sql(sql, params)
+                return
+        await self.session.execute(insert(table), rows)
 
     async def _reserve_ids(self, table: Table, n: int) -> list[int]:
         """`n` primary keys for `table`, so rows go in with one plain executemany (SQLite runs
@@ -181,7 +277,7 @@ class MailBatchWriter:
                 t.updated_at,
                 t.merged_into_id,
                 t.queue_id,
-            ).where(t.id.in_(list(chunk)))
+            ).where(in_values(self.dialect, t.id, chunk))
             if self.dialect == "postgresql":
                 stmt = stmt.with_for_update()
             for row in (await self.session.execute(stmt)).all():
@@ -323,6 +419,21 @@ class MailBatchWriter:
         """Record which server message became which article (MailSeen), written with the rest."""
         self.seen.append(_Seen(key, article))
 
+    def outgoing(
+        self, actor: Actor, ticket: TicketSlot, article: ArticleInput, outbox: dict[str, Any]
+    ) -> ArticleSlot:
+        """An outgoing mail queued for sending (an acknowledgement): the article (delivery
+        status "queued", no audit line or event, as `queue_acknowledgement` adds it) and its
+        Outbox row (`outbox`: the row's columns but the article and ticket ids)."""
+        slot = self._article(ticket, actor, article)
+        slot.delivery_status = "queued"
+        self.outbox.append((slot, outbox))
+        return slot
+
+    def prepare(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Await `fn` once ticket numbers and customers are known, before articles go in."""
+        self._prepare.append(fn)
+
     def before_insert(self, fn: Callable[[], None]) -> None:
         """Call `fn` once ticket numbers are known, before the articles are inserted."""
         self._before_insert.append(fn)
@@ -337,13 +448,20 @@ class MailBatchWriter:
             await self._numbers(new)
         for fn in self._before_insert:
             fn()
+        for afn in self._prepare:
+            await afn()
         if new:
             await self._insert_tickets(new)
         await self._insert_articles()
+        if self.outbox:
+            await self._insert(
+                _T_Outbox,
+                [{**row, "article_id": a.id, "ticket_id": a.ticket.id} for a, row in self.outbox],
+            )
         await self._update_tickets()
         if self.audits:
-            await session.execute(
-                insert(_T_AuditEvent),
+            await self._insert(
+                _T_AuditEvent,
                 [
                     {
                         "ticket_id": a.ticket.id,
@@ -365,12 +483,12 @@ class MailBatchWriter:
             ids = await self._reserve_ids(_T_Event, len(rows))
             for row, eid in zip(rows, ids, strict=True):
                 row["id"] = eid
-            await session.execute(insert(_T_Event), rows)
+            await self._insert(_T_Event, rows)
             # Listeners only wake up on a notification; one per batch is enough.
             await self.service.notify_event(session, ids[-1])
         if self.seen:
-            await session.execute(
-                insert(_T_MailSeen),
+            await self._insert(
+                _T_MailSeen,
                 [
                     {
                         "account_id": s.key[0],
@@ -389,13 +507,19 @@ class MailBatchWriter:
         """`Service.customer_for` for every new ticket: found by any address, else created."""
         session = self.session
         c, ce = _T_Customer.c, _T_CustomerEmail.c
-        emails = sorted({(t.customer_email.strip().lower() or "unknown@invalid") for t in new})
+        # In the order the tickets were opened: new customers get their ids in that order, as
+        # one-by-one ingestion would give them.
+        emails = list(
+            dict.fromkeys((t.customer_email.strip().lower() or "unknown@invalid") for t in new)
+        )
         found: dict[str, tuple[int, int | None, str]] = {}
         params: list[dict[str, Any]] = []
         for chunk in _chunks(emails):
             for row in (
                 await session.execute(
-                    select(c.id, c.email, c.organization_id, c.name).where(c.email.in_(chunk))
+                    select(c.id, c.email, c.organization_id, c.name).where(
+                        in_values(self.dialect, c.email, chunk)
+                    )
                 )
             ).all():
                 found[row.email] = (row.id, row.organization_id, row.name or "")
@@ -405,7 +529,7 @@ class MailBatchWriter:
                 await session.execute(
                     select(ce.email, c.id, c.organization_id, c.name)
                     .join(_T_Customer, c.id == ce.customer_id)
-                    .where(ce.email.in_(chunk))
+                    .where(in_values(self.dialect, ce.email, chunk))
                 )
             ).all():
                 found[row.email] = (row.id, row.organization_id, row.name or "")
@@ -441,7 +565,7 @@ class MailBatchWriter:
             ids = await self._reserve_ids(_T_Customer, len(params))
             for p, cid in zip(params, ids, strict=True):
                 p["id"] = cid
-            await session.execute(insert(_T_Customer), params)
+            await self._insert(_T_Customer, params)
             for e, p, cid in zip(missing, params, ids, strict=True):
                 found[e] = (int(cid), p["organization_id"], str(p["name"]))
         renamed: dict[int, str] = {}
@@ -452,6 +576,7 @@ class MailBatchWriter:
                 renamed[cid] = t.customer_name
                 found[e] = (cid, org_id, t.customer_name)
             t.customer_id, t.organization_id = cid, org_id
+            t.stored_customer_name = found[e][2]
         if renamed:
             await session.execute(
                 update(_T_Customer)
@@ -507,7 +632,7 @@ class MailBatchWriter:
         for t, row, tid in zip(new, rows, ids, strict=True):
             row["id"] = t.id = tid
             t.changed = False
-        await self.session.execute(insert(_T_Ticket), rows)
+        await self._insert(_T_Ticket, rows)
 
     async def _insert_articles(self) -> None:
         if not self.articles:
@@ -535,13 +660,17 @@ class MailBatchWriter:
             have: set[str] = set()
             for chunk in _chunks(sorted(blobs)):
                 have.update(
-                    (await session.execute(select(bc.sha256).where(bc.sha256.in_(chunk)))).scalars()
+                    (
+                        await session.execute(
+                            select(bc.sha256).where(in_values(self.dialect, bc.sha256, chunk))
+                        )
+                    ).scalars()
                 )
             fresh = [
                 {"sha256": k, "size": len(v), "data": v} for k, v in blobs.items() if k not in have
             ]
             if fresh:
-                await session.execute(insert(_T_Blob), fresh)
+                await self._insert(_T_Blob, fresh)
         rows = []
         for a, sha in zip(self.articles, raw_sha, strict=True):
             d = a.data
@@ -566,7 +695,7 @@ class MailBatchWriter:
                     "quoted_text": d.quoted_text,
                     "body_html": d.body_html,
                     "language": d.language,
-                    "delivery_status": None,
+                    "delivery_status": a.delivery_status,
                     "delivery_error": None,
                     "raw_blob": sha,
                     "meta": d.meta,
@@ -576,7 +705,7 @@ class MailBatchWriter:
         ids = await self._reserve_ids(_T_Article, len(rows))
         for a, row, aid in zip(self.articles, rows, ids, strict=True):
             row["id"] = a.id = aid
-        await session.execute(insert(_T_Article), rows)
+        await self._insert(_T_Article, rows)
         atts = [
             {
                 "article_id": a.id,
@@ -591,7 +720,7 @@ class MailBatchWriter:
             for att, sha in zip(a.data.attachments, shas, strict=True)
         ]
         if atts:
-            await session.execute(insert(_T_Attachment), atts)
+            await self._insert(_T_Attachment, atts)
         # One rebuild of every touched ticket's search document (new ones included).
         await search_index.reindex_tickets(
             session, self.dialect, [t.id for t in self._unique_tickets() if t.id is not None]

@@ -24,9 +24,13 @@ from store.models import (
     Event,
     MailAccount,
     MailSeen,
+    Outbox,
     Quarantine,
+    Queue,
+    Setting,
     Ticket,
 )
+from store.msgid import mail_secret, verify_message_id
 from store.service import Service
 from tests.conftest import FakeClock
 from tests.services.postgres import PostgresServer
@@ -356,10 +360,10 @@ async def test_a_bug_while_planning_loses_no_mail(
 
     real = ingest_mod.auto_reason
 
-    def broken(parsed: Any, own: set[str]) -> tuple[str | None, bool]:
+    def broken(parsed: Any, own: set[str], *rest: Any) -> tuple[str | None, bool]:
         if parsed.subject == "explode":
             raise KeyError("planner bug")
-        return real(parsed, own)
+        return real(parsed, own, *rest)
 
     monkeypatch.setattr(ingest_mod, "auto_reason", broken)
     acct = await setup_store(service)
@@ -373,3 +377,222 @@ async def test_a_bug_while_planning_loses_no_mail(
     assert [r.outcome for r in results] == ["created", "quarantined", "threaded"]
     assert "KeyError" in results[1].reason
     assert results[2].ticket_number == results[0].ticket_number
+
+
+ACK = (
+    "Hello {{customer.name}} ({{customer.email}}, {{organization.name}}): ticket "
+    "{{ticket.number}} ({{ticket.subject}}) is with {{agent.name}}."
+)
+
+
+async def setup_acks(service: Service) -> int:
+    """`setup_store` with acknowledgements on both queues (Billing: one per hour)."""
+    acct = await setup_store(service)
+    await service.add_canned("ack", ACK)
+    async with service.db.write() as s:
+        for q in (await s.execute(select(Queue))).scalars():
+            q.settings = {"ack": "ack"} | ({"ack_limit_per_hour": 1} if q.name == "Billing" else {})
+    return acct
+
+
+def ack_batch() -> list[bytes | None]:
+    alice = "Alice Customer <alice@example.com>"
+    anna = "Anna Bērziņa <anna@acme.lv>"
+    return [
+        mail("Printer broken", "The printer prints nothing.", msgid="k1@x", sender=alice),
+        mail("Re: Printer broken", "Still broken.", msgid="k2@x", in_reply_to="k1@x"),
+        mail("Scanner too", "And the scanner.", msgid="k3@x", sender=alice),
+        mail("Away", "Out of office.", msgid="k4@x", sender="bot@example.com",
+             headers={"Auto-Submitted": "auto-replied"}),
+        mail("Notice", "Do not reply.", msgid="k5@x", sender="noreply@example.com"),
+        mail("Bounce-ish", "Null sender.", msgid="k6@x", sender="carl@example.com",
+             headers={"Return-Path": "<>"}),
+        mail("Invoice", "Where is it?", msgid="k7@x", sender=anna, to="billing@help.test"),
+        mail("Invoice 2", "And the next one?", msgid="k8@x", sender=anna, to="billing@help.test"),
+        mail("Mouse", "The mouse is gone.", msgid="k9@x", sender=alice),
+        mail("Keyboard", "Keys stick.", msgid="k10@x", sender=alice),  # 4th in an hour
+        mail("Monitor", "Flickers.", msgid="k11@x", sender="Dora <dora@example.com>",
+             headers={"Return-Path": "<bounces+dora@lists.example.com>"}),
+    ]  # fmt: skip
+
+
+async def outbox_rows(service: Service) -> list[tuple[Any, ...]]:
+    async with service.db.read() as s:
+        secret = await mail_secret(s)
+        rows = (await s.execute(select(Outbox).order_by(Outbox.id))).scalars().all()
+        return [
+            (
+                o.article_id,
+                o.ticket_id,
+                verify_message_id(o.message_id, secret),
+                o.rcpt_to,
+                o.rcpt_to_key,
+                o.kind,
+                o.status,
+                o.next_attempt_at,
+                o.created_at,
+            )
+            for o in rows
+        ]
+
+
+def mask_our_ids(snap: dict[str, Any], secret: bytes) -> None:
+    """Our outgoing Message-IDs carry a random nonce: compare the ticket they verify for."""
+    snap["articles"] = [
+        (*a[:7], ("ours", verify_message_id(a[7], secret)) if a[2] == "email_out" else a[7], *a[8:])
+        for a in snap["articles"]
+    ]
+
+
+async def test_acknowledgements_in_bulk_equal_one_by_one(
+    service: Service, other_service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bulk_acct = await setup_acks(service)
+    single_acct = await setup_acks(other_service)
+    raws = ack_batch()
+
+    one_by_one: list[str] = []
+    real_one = Ingestor.ingest_one
+
+    async def counting(self: Ingestor, session: Any, ctx: Any, item: IncomingMail) -> Any:
+        one_by_one.append(item.source.label)
+        return await real_one(self, session, ctx, item)
+
+    monkeypatch.setattr(Ingestor, "ingest_one", counting)
+    bulk = Ingestor(service, default_queue="Support")
+    bulk_results = await bulk.ingest_batch(items_for(bulk, bulk_acct, raws))
+    assert one_by_one == []  # acknowledging queues no longer leave the bulk path
+    monkeypatch.setattr(Ingestor, "ingest_one", real_one)
+
+    single = Ingestor(other_service, default_queue="Support")
+    single_results: list[IngestResult] = []
+    for item in items_for(single, single_acct, raws):
+        single_results += await single.ingest_batch([item])
+
+    assert summary(bulk_results) == summary(single_results)
+    got, want = await snapshot(service), await snapshot(other_service)
+    async with service.db.read() as s:
+        mask_our_ids(got, await mail_secret(s))
+    async with other_service.db.read() as s:
+        mask_our_ids(want, await mail_secret(s))
+    for key in want:
+        for g, w in zip(got[key], want[key], strict=True):
+            assert g == w, key
+    assert await outbox_rows(service) == await outbox_rows(other_service)
+
+    # What a user sees: who got an acknowledgement, and why the others did not.
+    outcomes = {
+        a[7]: a[16].get("ack") for a in got["articles"] if a[2] == "email_in" and a[16].get("ack")
+    }
+    assert outcomes == {
+        "k1@x": "acknowledgement queued",
+        "k3@x": "acknowledgement queued",
+        "k4@x": "acknowledgement suppressed: sender mail is automatic "
+        "(Auto-Submitted / auto-reply headers)",
+        "k5@x": "acknowledgement suppressed: sender noreply@example.com does not take replies",
+        "k6@x": "acknowledgement suppressed: the mail's Return-Path is <> (automatic mail)",
+        "k7@x": "acknowledgement queued",
+        "k8@x": "acknowledgement suppressed: 1 already sent to anna@acme.lv in the last hour "
+        "(limit 1)",
+        "k9@x": "acknowledgement queued",
+        "k10@x": "acknowledgement suppressed: 3 already sent to alice@example.com in the last "
+        "hour (limit 3)",
+        "k11@x": "acknowledgement queued",
+    }
+    outbox = await outbox_rows(service)
+    assert [o[4] for o in outbox] == [
+        "alice@example.com",
+        "alice@example.com",
+        "anna@acme.lv",
+        "alice@example.com",
+        "bounces+dora@lists.example.com",  # RFC 3834: to the Return-Path
+    ]
+    invoice = await service.ticket_detail(bulk_results[6].ticket_number or 0)
+    ack = invoice.articles[-1]
+    assert ack.kind == "email_out" and ack.delivery_status == "queued"
+    assert ack.subject == "Re: Invoice" and ack.in_reply_to == "k7@x"
+    assert ack.body_text == (
+        f"Hello Anna Bērziņa (anna@acme.lv, Acme): ticket {invoice.ticket.number} (Invoice) "
+        "is with Billing."
+    )
+
+
+async def test_our_message_ids_and_subject_tags_thread_in_bulk(
+    service: Service, other_service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from store.msgid import make_message_id
+
+    alice = "Alice Customer <alice@example.com>"
+    first = [
+        mail("Printer broken", "The printer prints nothing.", msgid="h1@x", sender=alice),
+        mail("Invoice", "Where is it?", msgid="h2@x", sender="anna@acme.lv"),
+    ]
+
+    async def second(svc: Service, numbers: list[int]) -> list[bytes | None]:
+        """Mails naming the first batch's tickets by our Message-ID or by subject tag."""
+        async with svc.db.read() as s:
+            ours = make_message_id(numbers[0], await mail_secret(s), "help.test")
+        printer, invoice = (f"[#{n}]" for n in numbers)
+        return [
+            mail("Re: Printer broken", "Reply to your mail.", msgid="h3@x", in_reply_to=ours),
+            mail("Re: x", "Guessed id.", msgid="h4@x", in_reply_to="t1.deadbeef0123456789abcdef@x"),
+            mail(f"AW: {printer} Printer", "By tag.", msgid="h5@x", sender=alice),
+            mail(f"Re: {invoice}", "Colleague.", msgid="h6@x", sender="Bo <bo@acme.lv>"),
+            mail(f"{printer} hi", "Stranger.", msgid="h7@x", sender="eve@evil.test"),
+            mail("Question [#99999]", "No such ticket.", msgid="h8@x", sender=alice),
+            mail(f"Re: {printer}", "Away.", msgid="h9@x", sender=alice,
+                 headers={"Auto-Submitted": "auto-replied"}),
+            mail(f"Re: {printer}", "After the break.", msgid="h10@x", sender=alice),
+        ]  # fmt: skip
+
+    one_by_one: list[str] = []
+    real_one = Ingestor.ingest_one
+
+    async def counting(self: Ingestor, session: Any, ctx: Any, item: IncomingMail) -> Any:
+        one_by_one.append(item.source.label)
+        return await real_one(self, session, ctx, item)
+
+    bulk_acct, single_acct = await setup_store(service), await setup_store(other_service)
+    bulk, single = Ingestor(service, default_queue="Support"), Ingestor(other_service)
+    single.default_queue = "Support"
+    firsts = await bulk.ingest_batch(items_for(bulk, bulk_acct, first))
+    for item in items_for(single, single_acct, first):
+        await single.ingest_batch([item])
+    numbers = [r.ticket_number or 0 for r in firsts]
+    async with service.db.read() as s:  # one secret: the same HMAC-signed mail for both
+        secret = (await mail_secret(s)).decode()
+    async with other_service.db.write() as s:
+        row = await s.get(Setting, "mail_secret")
+        assert row is not None
+        row.value = secret
+
+    def later(ing: Ingestor, acct: int, raws: list[bytes | None]) -> list[IncomingMail]:
+        return items_for(ing, acct, [None, None, *raws])[2:]  # UIDs after the first batch
+
+    raws = await second(service, numbers)
+    monkeypatch.setattr(Ingestor, "ingest_one", counting)
+    bulk_results = await bulk.ingest_batch(later(bulk, bulk_acct, raws))
+    monkeypatch.setattr(Ingestor, "ingest_one", real_one)
+    single_results: list[IngestResult] = []
+    for item in later(single, single_acct, raws):
+        single_results += await single.ingest_batch([item])
+
+    # Only a tag from a stranger (a linked ticket) and a tag naming no ticket go one by one.
+    assert one_by_one == ["imap INBOX UID 7", "imap INBOX UID 8"]
+    assert summary(bulk_results) == summary(single_results)
+    got, want = await snapshot(service), await snapshot(other_service)
+    for key in want:
+        assert got[key] == want[key], key
+    reasons = [r.reason for r in bulk_results]
+    printer, invoice = numbers
+    assert [r.outcome for r in bulk_results] == [
+        "threaded", "created", "threaded", "threaded", "created", "created", "threaded", "threaded",
+    ]  # fmt: skip
+    assert [bulk_results[i].ticket_number for i in (0, 2, 3)] == [printer, printer, invoice]
+    assert reasons[0].endswith(f"(HMAC verified) for ticket #{printer}")
+    assert "ignored unverified ticket Message-ID" in reasons[1]
+    assert reasons[2].startswith(f"subject tag [#{printer}]; sender alice@example.com")
+    assert reasons[3].startswith(f"subject tag [#{invoice}]; sender domain acme.lv")
+    assert "not a participant" in reasons[4] and bulk_results[4].outcome == "created"
+    assert reasons[6].endswith("status kept") and bulk_results[6].ticket_number == printer
+    assert bulk_results[7].ticket_number == printer

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from mail_sync.accounts import AccountInfo, add_account, resume_folder
+from mail_sync.accounts import AccountInfo, add_account, resume_folder, update_settings
 from mail_sync.cli import collect_status
 from mail_sync.engine import AccountBusy, Progress, SyncEngine, SyncSettings, _AccountLock
 from store.engine import Database
@@ -253,6 +253,20 @@ async def test_after_move_happens_after_commit_and_never_deletes(
     assert await n_rows(db, Ticket) == 2
 
 
+async def test_after_move_creates_a_missing_folder(
+    db: Database, imap_account: ImapAccount, make_account: Callable[..., object]
+) -> None:
+    account = await make_account(after="move:Processed/2026")  # type: ignore[misc]
+    await append(imap_account, "INBOX", mail("a"))
+    report = await SyncEngine(db, account, settings=FAST).sync_once()
+    assert report.totals()["created"] == 1
+    with imap_account.connect() as c:
+        assert c.folder_exists("Processed/2026")
+        moved = c.folder_status("Processed/2026", [b"MESSAGES"])[b"MESSAGES"]
+        inbox = c.folder_status("INBOX", [b"MESSAGES"])[b"MESSAGES"]
+    assert (inbox, moved) == (0, 1)
+
+
 async def test_after_seen_is_redone_when_a_crash_skipped_it(
     db: Database, imap_account: ImapAccount, make_account: Callable[..., object]
 ) -> None:
@@ -339,10 +353,11 @@ async def test_uidvalidity_change_with_foreign_mail_stops_the_folder(
 async def test_message_over_the_size_limit_is_ingested_header_only(
     db: Database, imap_account: ImapAccount, make_account: Callable[..., object]
 ) -> None:
-    account = await make_account()  # type: ignore[misc]
+    await make_account()  # type: ignore[misc]
+    # as `helpdesk mail account limits support --max-message-mb ...` stores it
+    account = await update_settings(db, "support", {"max_message_bytes": 10_000})
     await append(imap_account, "INBOX", mail("huge", body="x" * 50_000), mail("small"))
-    settings = SyncSettings(max_message_bytes=10_000)
-    report = await SyncEngine(db, account, settings=settings).sync_once()
+    report = await SyncEngine(db, account).sync_once()
     assert report.totals()["created"] == 2
     async with db.read() as s:
         (t,) = (await s.execute(select(Ticket).where(Ticket.subject == "huge"))).unique().scalars()

@@ -227,7 +227,7 @@ def test_quarantine_list_show_retry_release_and_explain(
     res = cli.invoke(app, ["mail", "quarantine", "retry", str(ids[1])])
     assert res.exit_code == 0, res.output
     res = cli.invoke(app, ["mail", "quarantine", "retry", str(ids[1])])
-    assert res.exit_code == 1 and "already retried" in flat(res)
+    assert res.exit_code == 1 and "already retried (ticket #1003)" in flat(res)
     res = cli.invoke(app, ["mail", "quarantine", "list"])
     assert "Quarantine is empty" in flat(res)
     assert count(url, Ticket) == 3
@@ -268,6 +268,13 @@ def test_account_commands_never_show_secrets(url: str, cli: CliRunner) -> None:
     assert res.exit_code == 5 and "--after must be" in flat(res)
     res = cli.invoke(app, ["mail", "account", "test", "nope"])
     assert res.exit_code == 3
+    assert acct["max_message_bytes"] == 50 * 1024 * 1024
+    res = cli.invoke(app, ["mail", "account", "limits", "support", "--max-attachment-mb", "5"])
+    assert res.exit_code == 0 and "attachments up to 5.0 MB" in flat(res), res.output
+    res = cli.invoke(app, ["mail", "account", "list", "--json"])
+    (acct,) = __import__("json").loads(res.output)
+    assert acct["max_attachment_bytes"] == 5 * 1024 * 1024
+    assert acct["max_message_bytes"] == 50 * 1024 * 1024
     res = cli.invoke(app, ["mail", "status"])
     assert res.exit_code == 0 and "never-synced" in flat(res)
     res = cli.invoke(app, ["mail", "account", "remove", "support"], input="n\n")

@@ -1047,3 +1047,65 @@ def test_result_types() -> None:
     assert all(isinstance(a, Attachment) for a in parsed.attachments)
     with pytest.raises(AttributeError):
         parsed.subject = "changed"  # type: ignore[misc]
+
+
+def _shapes() -> list[bytes]:
+    """The corpus, and the same mails with other line ends / cut short / with odd headers."""
+    from pathlib import Path
+
+    corpus = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
+    raws = [p.read_bytes() for p in sorted(corpus.rglob("*.eml"))] if corpus.is_dir() else []
+    raws += [
+        b"Subject: x\nContent-Type: multipart/mixed; boundary=b\n\npre\n--b\n\nA\n--b\n"
+        b"Content-Type: text/html\n\n<p>B</p>\n--b--  \nepilogue\n",
+        b'Content-Type: multipart/alternative; boundary="q"\r\n\r\n--q\r\nX: 1\r\n--q--',
+        b"Content-Type: multipart/mixed; boundary=b\n\n--b\n--b\nA\n--b--\n",  # doubled
+        b"Content-Type: multipart/mixed; boundary=b\n\n--b\nA\n",  # never closed
+        b"Content-Type: multipart/mixed; boundary=b\n\n--b--\n",  # closed before it opens
+        b"Content-Type: multipart/mixed; boundary=b\r\rx\r--b\rA\r--b--\r",  # CR only
+        b"Content-Type: multipart/mixed; boundary=b\nContent-Transfer-Encoding: base64\n\n"
+        b"--b\nA\n--b--\n",
+        b"From someone Mon Jan  1 00:00:00 2024\nSubject: unix from\n\nbody\n",
+        b" continued first\nSubject: x\n\nbody",
+        b"Bad Header: x\n\nbody",
+        b"Subject: no body",
+        b"",
+    ]
+    out = []
+    for raw in raws:
+        out += [
+            raw,
+            raw.replace(b"\r\n", b"\n"),
+            raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"),
+            raw.rstrip(b"\r\n"),
+            raw[:300],
+        ]
+    return out
+
+
+def test_fast_message_split_reads_every_shape_as_the_feed_parser_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`parse_mail` cuts common messages itself instead of running the stdlib feed parser
+    line by line: the result must be exactly the feed parser's, for every shape."""
+    shapes = _shapes()
+    assert len(shapes) > 100
+    fast = [repr(parse_mail(raw)) for raw in shapes]
+    used = sum(parse_module._parse_simple(raw) is not None for raw in shapes)
+    monkeypatch.setattr(parse_module, "_parse_simple", lambda raw: None)
+    slow = [repr(parse_mail(raw)) for raw in shapes]
+    for raw, got, want in zip(shapes, fast, slow, strict=True):
+        assert got == want, raw[:200]
+    # The common shapes do take the fast path (single parts, multipart of single parts) ...
+    assert used > len(shapes) // 2
+    # ... and the ones the feed parser treats specially go to it.
+    odd = [
+        b"Content-Type: multipart/mixed; boundary=b\n\n--b\n--b\nA\n--b--\n",
+        b"Content-Type: multipart/mixed; boundary=b\n\n--b\nA\n",
+        b"Content-Type: multipart/mixed; boundary=b\r\rx\r--b\rA\r--b--\r",
+        b"Content-Type: multipart/mixed; boundary=b\nContent-Transfer-Encoding: base64\n\n--b\n",
+        b"From someone Mon Jan  1 00:00:00 2024\nSubject: unix from\n\nbody\n",
+        b" continued first\nSubject: x\n\nbody",
+        b"Bad Header: x\n\nbody",
+    ]
+    assert [parse_module._parse_simple(raw) for raw in odd] == [None] * len(odd)
