@@ -10,6 +10,13 @@ of the boundary row).
 
 The ``relevance`` order (full-text queries only) is the exception: its scores are
 computed per query, so it pages by OFFSET (its cursor holds the offset).
+
+On SQLite a page of a large result in the ``next`` order filtered by agent, queue or
+customer walks the order's own index (`_window_rows`, `_walk_helps`): SQLite's planner
+otherwise reads the matches through the filter's index and sorts every one of them to keep
+100 ("My tickets" of 59k on a million tickets: 0.16 s at either end). Walking the order's
+index stops after a page of matches; it is cut in windows of index entries so a skewed
+result (matches far away) falls back to the planner.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -34,6 +41,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import ColumnClause
+from sqlalchemy.sql.selectable import Exists, ScalarSelect, SelectBase
 
 from store.models import Agent, Customer, Queue, Tag, Ticket, TicketTag, UTCDateTime
 from store.query import plan_search
@@ -128,20 +138,37 @@ class _Order:
     #: Value types of the key, for cursor decoding: "int", "dt" or "dt?" (may be None).
     types: tuple[str, ...]
 
-    def keys(self, dialect: str) -> list[ColumnElement[Any]]:
+    def keys(self, dialect: str, t: Any = None) -> list[ColumnElement[Any]]:
+        """The key expressions over `t` (``tickets`` or a Core alias of it)."""
+        c = (Ticket.__table__ if t is None else t).c
         if self.name == "updated":
-            return [Ticket.updated_at.expression, Ticket.id.expression]
+            return [c.updated_at, c.id]
         if self.name == "created":
-            return [Ticket.created_at.expression, Ticket.id.expression]
+            return [c.created_at, c.id]
         if self.name == "number":
-            return [Ticket.number.expression]
+            return [c.number]
         far = _far_future(dialect)
         return [
-            -Ticket.priority,
-            func.coalesce(Ticket.next_due_at, far),
-            func.coalesce(Ticket.last_customer_at, far),
-            Ticket.id.expression,
+            -c.priority,
+            func.coalesce(c.next_due_at, far),
+            func.coalesce(c.last_customer_at, far),
+            c.id,
         ]
+
+    def columns(self, t: Any) -> list[ColumnElement[Any]]:
+        """The columns of `t` a key is made of (read one key without a page; `values_at`)."""
+        c = t.c
+        if self.name == "updated":
+            return [c.updated_at, c.id]
+        if self.name == "created":
+            return [c.created_at, c.id]
+        if self.name == "number":
+            return [c.number]
+        return [c.priority, c.next_due_at, c.last_customer_at, c.id]
+
+    def values_at(self, row: Row[Any]) -> list[Any]:
+        """The key of a row of `columns` (in that order)."""
+        return list(row)
 
     def values(self, row: Row[Any]) -> list[Any]:
         m = row._mapping
@@ -321,6 +348,169 @@ def _keyset_select(
     return _page_rows(inner, dialect).order_by(*ordering)
 
 
+# --- SQLite: walking the order's index --------------------------------------------------
+
+#: Results with fewer matches than this are left to SQLite's planner (sorting them is cheap).
+SMALL_RESULT = 2000
+#: Index entries in the first window; each next one is twice as large, up to `MAX_WINDOW`
+#: (SQLite reads a whole window's rows before it sorts and cuts the page).
+FIRST_WINDOW = 1024
+MAX_WINDOW = 8192
+#: Index entries walked (each costs a table row read) before handing over to the planner.
+WINDOW_BUDGET = 1 << 17
+
+
+def _unindexed(where: ColumnElement[bool]) -> ColumnElement[bool]:
+    """`where` with its ``tickets`` columns written ``+tickets.col`` (SQLite: no index).
+
+    Only the window's join on the id is then indexable, so SQLite reads the window's rows
+    and checks the filter on each. Subqueries are left alone (they have their own FROM).
+    """
+    table = Ticket.__table__
+    name = Ticket.__tablename__
+
+    def replace(element: Any, **_kw: Any) -> Any:
+        if isinstance(element, (SelectBase, ScalarSelect, Exists)):
+            return element
+        if isinstance(element, ColumnClause) and element.table is table:
+            return literal_column(f"+{name}.{element.name}", type_=element.type)
+        return None
+
+    return cast("ColumnElement[bool]", visitors.replacement_traverse(where, {}, replace))
+
+
+def _seeks(
+    order: _Order, dialect: str, t: Any, key: Sequence[Any] | None, downward: bool
+) -> list[tuple[list[ColumnElement[bool]], int]]:
+    """The index ranges past `key`, in walking order, each one SQLite can seek exactly.
+
+    A row value over expressions (``(-priority, coalesce(...), ...) > (...)``) only seeks
+    by its first item in SQLite; the rest is checked row by row (a table read each, deep
+    into a priority). Spelled out lexicographically, every range is equalities on a
+    prefix of the key and one strict bound on the next item: an exact seek. Each comes with
+    the length of its prefix: SQLite sorts unless the ORDER BY leaves those items out.
+    """
+    if key is None:
+        return [([], 0)]
+    keys = order.keys(dialect, t)
+    binds = order.binds(key, dialect)
+    out = []
+    for i in reversed(range(len(keys))):
+        prefix = [keys[j] == binds[j] for j in range(i)]
+        out.append(([*prefix, keys[i] < binds[i] if downward else keys[i] > binds[i]], i))
+    return out
+
+
+#: Filter columns with an index of their own: SQLite reads the matches through it and sorts
+#: them all, instead of walking the order's index.
+_SORTING_FILTERS = frozenset({"assignee_id", "queue_id", "customer_id", "organization_id"})
+
+
+def _walk_helps(order: _Order, where: ColumnElement[bool]) -> bool:
+    """Whether walking the order's index beats SQLite's own plan (measured on 1M tickets).
+
+    Only for the ``next`` order (a row value over expressions does not seek, so SQLite's
+    plan also reads a priority's rows up to the cursor), and only when `where` filters on
+    a column of `_SORTING_FILTERS` without subqueries. A status-only filter (``is:active``)
+    already gets an index that starts with the status and goes on in the order; tags and
+    full-text words come with their own narrower plans.
+    """
+    if order.name != "next":
+        return False
+    table = Ticket.__table__
+    names: set[str] = set()
+    stack: list[Any] = [where]
+    while stack:
+        element = stack.pop()
+        if isinstance(element, (SelectBase, ScalarSelect, Exists)):
+            return False
+        if isinstance(element, ColumnClause) and element.table is table:
+            names.add(element.name)
+        stack.extend(element.get_children())
+    return bool(names & _SORTING_FILTERS)
+
+
+async def _many(session: AsyncSession, where: ColumnElement[bool]) -> bool:
+    matching = select(Ticket.id).where(where).limit(SMALL_RESULT).subquery()
+    found = (await session.execute(select(func.count()).select_from(matching))).scalar_one()
+    return int(found) >= SMALL_RESULT
+
+
+async def _keyset_rows(
+    session: AsyncSession,
+    where: ColumnElement[bool],
+    order: _Order,
+    *,
+    cursor_key: Sequence[Any] | None,
+    backward: bool,
+    limit: int,
+) -> list[Row[Any]]:
+    """Up to `limit` rows past `cursor_key`, in walking order (the page query)."""
+    dialect = _dialect(session)
+    if dialect != "sqlite" or not _walk_helps(order, where) or not await _many(session, where):
+        stmt = _keyset_select(
+            where, order, dialect, cursor_key=cursor_key, backward=backward, limit=limit
+        )
+        return await _rows(session, stmt)
+    return await _window_rows(session, where, order, cursor_key, backward, limit)
+
+
+async def _window_rows(
+    session: AsyncSession,
+    where: ColumnElement[bool],
+    order: _Order,
+    cursor_key: Sequence[Any] | None,
+    backward: bool,
+    limit: int,
+) -> list[Row[Any]]:
+    """Walk the order's index in windows of entries, keeping matches, until a page is full.
+
+    A window is the next `size` entries of one seek range (read from the index alone);
+    its rows are joined to ``tickets`` and filtered. Past `WINDOW_BUDGET` entries the
+    matches are sparse, and the planner's own plan sorts the rest.
+    """
+    dialect = _dialect(session)
+    downward = order.descending != backward
+    walk = _unindexed(where)
+    w = Ticket.__table__.alias("w")
+    wkeys = order.keys(dialect, w)
+    wordering = [k.desc() if downward else k.asc() for k in wkeys]
+    ordering = [k.desc() if downward else k.asc() for k in order.keys(dialect)]
+    rows: list[Row[Any]] = []
+    key = cursor_key
+    size, walked = FIRST_WINDOW, 0
+    while walked < WINDOW_BUDGET:
+        moved = False
+        for seek, fixed in _seeks(order, dialect, w, key, downward):
+            window = select(w.c.id.label("wid")).where(*seek).order_by(*wordering[fixed:])
+            win = window.limit(size).subquery("win")
+            page = (
+                select(win.c.wid.label("page_id"))
+                .join(Ticket, Ticket.id == win.c.wid)
+                .where(walk)
+                .order_by(*ordering)
+                .limit(limit - len(rows))
+                .subquery("page")
+            )
+            rows += await _rows(session, _page_rows(page, dialect).order_by(*ordering))
+            if len(rows) >= limit:
+                return rows
+            walked += size
+            last = select(*[c.label(f"k{i}") for i, c in enumerate(order.columns(w))])
+            last = last.where(*seek).order_by(*wordering[fixed:]).offset(size - 1).limit(1)
+            end = (await session.execute(last)).first()
+            if end is not None:  # this range goes on past the window: walk on from its end
+                key, size, moved = order.values_at(end), min(size * 2, MAX_WINDOW), True
+                break
+        if not moved:
+            return rows  # every range ended inside its window: the index is done
+    # Matches are sparse past here: the planner's own plan sorts the rest.
+    stmt = _keyset_select(
+        where, order, dialect, cursor_key=key, backward=backward, limit=limit - len(rows)
+    )
+    return rows + await _rows(session, stmt)
+
+
 async def _rows(session: AsyncSession, stmt: _AnySelect) -> list[Row[Any]]:
     return list((await session.execute(stmt)).all())
 
@@ -380,13 +570,11 @@ async def _list_page(
     limit: int,
 ) -> Page:
     spec = _ORDERS[order]
-    dialect = _dialect(session)
     if before is not None:
         before_key = _key_from_cursor(spec, before)
-        stmt = _keyset_select(
-            where, spec, dialect, cursor_key=before_key, backward=True, limit=limit + 1
+        rows = await _keyset_rows(
+            session, where, spec, cursor_key=before_key, backward=True, limit=limit + 1
         )
-        rows = await _rows(session, stmt)
         if len(rows) <= limit:
             return await _list_page(session, where, order, None, None, limit)
         rows = rows[:limit][::-1]
@@ -396,8 +584,7 @@ async def _list_page(
             _key_cursor(spec, spec.values(rows[0])),
         )
     key = _key_from_cursor(spec, after) if after is not None else None
-    stmt = _keyset_select(where, spec, dialect, cursor_key=key, backward=False, limit=limit + 1)
-    rows = await _rows(session, stmt)
+    rows = await _keyset_rows(session, where, spec, cursor_key=key, backward=False, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     return Page(
@@ -424,10 +611,7 @@ async def last_page(
         )
     spec = _ORDERS[order]
     where = await plan_search(session, where)
-    stmt = _keyset_select(
-        where, spec, _dialect(session), cursor_key=None, backward=True, limit=limit + 1
-    )
-    rows = await _rows(session, stmt)
+    rows = await _keyset_rows(session, where, spec, cursor_key=None, backward=True, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit][::-1]
     return Page(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
 from rich.segment import Segment
@@ -27,7 +27,12 @@ from textual.strip import Strip
 from textual.worker import get_current_worker
 
 from helpdesk_tui.text import relative_time, safe_line
-from store.models import utcnow
+
+
+def utcnow() -> datetime:
+    """`store.models.utcnow` without importing the ORM (the console paints before it loads)."""
+    return datetime.now(UTC)
+
 
 #: Rows fetched per query.
 PAGE_SIZE = 100
@@ -579,7 +584,8 @@ class TicketList(ScrollView, can_focus=True):
             self._number_width = max(
                 self._number_width, len(str(max(r.number for r in self._rows))) + 1
             )
-        self._line_cache.clear()
+        # Rendered lines stay cached (their key names the ticket and its state, not the
+        # position): a page landing while keys arrive repaints from the cache.
         self.virtual_size = Size(self.size.width, len(self._rows) + 1)
         self.set_reactive(TicketList.cursor, max(0, min(cursor, len(self._rows) - 1)))
         self.scroll_to(y=max(0, scroll_y), animate=False, immediate=True)
@@ -601,8 +607,15 @@ class TicketList(ScrollView, can_focus=True):
             self.scroll_to(y=self.cursor - height + 1, animate=False, immediate=True)
 
     def watch_cursor(self, old: int, new: int) -> None:
+        top = int(self.scroll_y)
         self._scroll_cursor_into_view()
-        self.refresh()
+        if int(self.scroll_y) == top:
+            # Only the two rows whose highlight changed are painted again (virtual line 0
+            # is the header); a scroll repaints the whole view anyway.
+            for index in {old, new}:
+                self.refresh_lines(index + 1)
+        else:
+            self.refresh()
         self._maybe_extend()
         if old != new:
             self.post_message(self.Highlighted(self, self.current))
@@ -749,7 +762,17 @@ class TicketList(ScrollView, can_focus=True):
         selected = index == self.cursor
         marked = row.number in self.marked
         others = self.presence.get(row.id, ())
-        key = (id(row), width, selected, self.has_focus, marked, others, self._number_width)
+        key = (
+            row.id,
+            row.updated_at,
+            getattr(row, "version", None),
+            width,
+            selected,
+            self.has_focus,
+            marked,
+            others,
+            self._number_width,
+        )
         cached = self._line_cache.get(key)
         if cached is not None:
             return cached

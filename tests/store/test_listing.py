@@ -299,3 +299,34 @@ async def test_relevance(db: Database) -> None:
 def test_orders_are_documented() -> None:
     assert set(ORDERS) == {"updated", "created", "number", "next", "relevance"}
     assert all(len(v) > 20 for v in ORDERS.values())
+
+
+@pytest.mark.parametrize("order", ["updated", "created", "number", "next"])
+@pytest.mark.parametrize("budget", [1 << 17, 6])
+async def test_walking_the_order_index_in_windows(
+    db: Database, order: str, budget: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite pages a large result through the order's index, a few entries at a time.
+
+    Tiny windows (2, 4, 8 entries) make every page cross many windows and seek ranges
+    (ties in every key), and a tiny budget hands the rest over to the planner mid-page:
+    the pages must be exactly those of a Python sort, forward and backward.
+    """
+    import store.listing as listing_module
+
+    await seed(db)
+    monkeypatch.setattr(listing_module, "SMALL_RESULT", 1)
+    monkeypatch.setattr(listing_module, "_walk_helps", lambda _order, _where: True)
+    monkeypatch.setattr(listing_module, "FIRST_WINDOW", 2)
+    monkeypatch.setattr(listing_module, "MAX_WINDOW", 8)
+    monkeypatch.setattr(listing_module, "WINDOW_BUDGET", budget)
+    for query, limit in (("", 7), ("status:open", 9), ("tag:urgent -tag:vip", 4)):
+        where = where_for(query, db.dialect)
+        expected = await expected_ids(db, where, order)
+        pages = await walk_forward(db, where, order, limit)
+        assert [r.id for p in pages for r in p.rows] == expected, (query, limit)
+        back = await walk_backward(db, where, order, limit)
+        assert [r.id for r in back[-1].rows] == expected[:limit]
+        tail = [r.id for p in reversed(back[:-1]) for r in p.rows]
+        assert tail == expected[len(expected) - len(tail) :]
+        assert set(tail) | set(expected[:limit]) == set(expected)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from helpdesk_tui.app import HelpdeskApp
@@ -99,6 +100,16 @@ async def test_j_k_g_G_and_half_pages_move_the_cursor(
         assert tickets.current.number == rows[2]
         await pilot.press("k")
         assert tickets.current.number == rows[1]
+        await pilot.pause()
+        # Only the rows whose highlight changed are repainted: exactly one row is lit.
+        cursor_bg = tickets.get_component_rich_style("ticket-list--cursor").bgcolor
+        lit = [
+            strip.text
+            for strip in app.screen._compositor.render_strips()
+            if any(seg.style and seg.style.bgcolor == cursor_bg for seg in strip)
+            and "#" in strip.text
+        ]
+        assert len(lit) == 1 and f"#{rows[1]}" in lit[0]
         await pilot.press("G")
         await settle(app, pilot)
         assert tickets.current.number == rows[-1]
@@ -539,3 +550,70 @@ async def test_palette_offers_queue_actions_and_views(
         await settle(app, pilot)
         assert len(listed(app)) == 1
         await asyncio.sleep(0)
+
+
+async def test_j_and_k_across_many_small_pages_show_every_ticket_once(
+    seeded_url: str, make_app: AppFactory, monkeypatch: Any
+) -> None:
+    """Pages of 25 in a window of 150, read through the order's index in tiny windows.
+
+    Holding `j` over 180 tickets crosses seven page boundaries (pages land while the cursor
+    moves, far pages are dropped); `k` walks back up through pages fetched again. Each
+    step must show the next (previous) ticket of the store's order: none skipped or twice.
+    """
+    from sqlalchemy import select
+
+    import helpdesk_tui.widgets.ticket_list as ticket_list_module
+    from store import listing
+    from store.models import Ticket
+    from store.query import QueryContext, compile_where, parse
+
+    monkeypatch.setattr(ticket_list_module, "PAGE_SIZE", 25)
+    monkeypatch.setattr(ticket_list_module, "MAX_ROWS", 150)
+    monkeypatch.setattr(listing, "SMALL_RESULT", 1)
+    monkeypatch.setattr(listing, "_walk_helps", lambda _o, _w: True)  # is:active walks too
+    monkeypatch.setattr(listing, "FIRST_WINDOW", 4)
+    monkeypatch.setattr(listing, "MAX_WINDOW", 16)
+    await bulk_tickets(seeded_url, 300)
+    app = await make_app(seeded_url)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(app, pilot)
+        await pilot.press("v", "down", "down", "enter")  # All active, in `next` order
+        await wait_for(lambda: screen.view.key == "active" and screen.total == 311, pilot)
+        await settle(app, pilot)
+        assert screen.order == "next"
+        far = datetime(9999, 1, 1, tzinfo=UTC)
+        async with app.service.db.read() as session:
+            ctx = QueryContext(app.me.id, app.service.clock(), "sqlite")
+            found = await session.execute(
+                select(
+                    Ticket.number,
+                    Ticket.priority,
+                    Ticket.next_due_at,
+                    Ticket.last_customer_at,
+                    Ticket.id,
+                ).where(compile_where(parse("is:active"), ctx))
+            )
+            ordered = sorted(found, key=lambda r: (-r[1], r[2] or far, r[3] or far, r[4]))
+        expected = [r[0] for r in ordered]  # the `next` order, sorted here
+        assert len(expected) == 311
+        tickets = screen.ticket_list
+
+        async def step(key: str) -> int:
+            before = tickets.current.number
+            await pilot.press(key)
+            if tickets.current.number == before:  # at the window's edge: the page is coming
+                await settle(app, pilot)
+                await pilot.press(key)
+            return int(tickets.current.number)
+
+        down = [tickets.current.number] + [await step("j") for _ in range(180)]
+        assert down == expected[:181]
+        assert len(tickets.rows) <= 150
+        await settle(app, pilot)
+        assert tickets.position(screen.total) == 181
+        assert "181/311" in screen_text(app)
+        up = [await step("k") for _ in range(180)]
+        assert up == expected[:180][::-1]
+        await settle(app, pilot)
+        assert tickets.position(screen.total) == 1
