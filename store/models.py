@@ -324,6 +324,11 @@ class Ticket(Base):
         Index("ix_tickets_postponed", "postponed_until"),
         # Reports: tickets solved in a period (migration 0005).
         Index("ix_tickets_solved", "solved_at"),
+        # Migration 0007 adds two SQLite-only covering expression indexes for the reports,
+        # ix_tickets_report_created and ix_tickets_report_solved (queue, agent, the times
+        # and their epoch milliseconds as store/reports.py spells them); like 0004's
+        # ix_tickets_next_order they exist in the migration only (expression indexes are
+        # not reflected, and PostgreSQL has no use for them).
     )
 
     @property

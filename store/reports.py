@@ -40,17 +40,21 @@ queue and assignee, and the breakdowns group by them too):
   when a customer answers the satisfaction mail); the latest rating of a ticket counts.
   Average and count.
 
-Speed (a year on 1,000,000 tickets is timed by ``bench/report_bench.py``): each query
-reads only the columns it needs with Core selects, and on SQLite the rows come straight
-from the driver as tuples. Times arrive as whole units (milliseconds on SQLite,
+Speed (a year on 1,000,000 tickets is timed by ``bench/report_bench.py``): the database
+does the per-ticket work and Python gets a few rows per (queue, agent) group. The created
+and the solved tickets are each read in one grouped query: counts as SQL sums, per-ticket
+hours and times as comma-separated text (``group_concat`` / ``string_agg``) that JSON's
+parser turns into integers. Times arrive as whole units (milliseconds on SQLite,
 microseconds on PostgreSQL; durations subtracted in SQL), hours of the day as UTC hour
-numbers, so Python only counts (``Counter`` over row slices, in C) and collects the
-durations per group in one loop. Ranges covering much of the table are read with a plain
-scan on SQLite (an index walk is much slower there); first-contact resolution is answered
-by the articles' (ticket, kind, time) index alone; reopens and CSAT ratings come from two
-small partial indexes (`store.models.REOPEN_WHERE`, `CSAT_WHERE`). The tickets created in
-the period are read on a second connection while the first does the rest, so the
-database's work uses both cores (the two read snapshots may be a moment apart).
+numbers. On SQLite both reads are answered by migration 0007's covering indexes
+(`CREATED_INDEX`, `SOLVED_INDEX`), which hold the epoch milliseconds of the times as the
+very expressions `_units_sql` writes, so no date text is parsed, and are grouped by queue
+and agent, so the grouping needs no sort. For a long period the SLA figure walks the SLA
+rows and finds each ticket by its key; first-contact resolution is one probe of the
+articles' (ticket, kind, time) index per solved ticket, the costliest part, so it runs on a
+second connection while the first reads the rest and Python computes with it (the two read
+snapshots may be a moment apart). Reopens and CSAT ratings come from two small partial
+indexes (`store.models.REOPEN_WHERE`, `CSAT_WHERE`), joined to their tickets by key.
 """
 
 from __future__ import annotations
@@ -58,22 +62,23 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
-from operator import itemgetter
+from operator import sub
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Select,
+    Text,
     and_,
     case,
     func,
-    literal,
     literal_column,
     or_,
     select,
@@ -359,19 +364,11 @@ def _units(expr: str, dialect: str) -> ColumnElement[int]:
     return literal_column(_units_sql(expr, dialect), type_=BigInteger)
 
 
-def _span(start: Any, end: Any, dialect: str) -> ColumnElement[int]:
-    """``end - start`` (two columns) in time units, NULL when either is NULL."""
-    sql = f"{_units_sql(_name(end), dialect)} - {_units_sql(_name(start), dialect)}"
-    return literal_column(sql, type_=BigInteger)
-
-
-def _hour(col: Any, dialect: str) -> ColumnElement[int]:
-    """The UTC hour of `col`, counted in hours since 1970."""
+def _hour_sql(col: Any, dialect: str) -> str:
+    """The UTC hour of `col`, counted in hours since 1970 (SQL text)."""
     if dialect == "sqlite":
-        sql = f"CAST({_units_sql(_name(col), dialect)} / 3600000.0 AS INTEGER)"
-    else:
-        sql = f"CAST(floor(extract(epoch FROM {_name(col)}) / 3600) AS BIGINT)"
-    return literal_column(sql, type_=BigInteger)
+        return f"CAST({_units_sql(_name(col), dialect)} / 3600000.0 AS INTEGER)"
+    return f"CAST(floor(extract(epoch FROM {_name(col)}) / 3600) AS BIGINT)"
 
 
 def _plain(col: Any, dialect: str) -> Any:
@@ -402,30 +399,51 @@ def _driver_sql(stmt: Select, dialect: Any) -> tuple[str, list[Any]]:
     return compiled.string, params
 
 
-async def _fetch(conn: AsyncConnection, stmt: Select) -> list[Sequence[Any]]:
+#: The covering indexes of migration 0007 (SQLite), named in the reads they serve.
+CREATED_INDEX = "ix_tickets_report_created"
+SOLVED_INDEX = "ix_tickets_report_solved"
+
+
+def _indexed_by(sql: str, index: str) -> str:
+    """`sql` with ``INDEXED BY index`` on its (outermost) ``FROM tickets``."""
+    hinted, n = re.subn(r"\bFROM tickets\b", f"FROM tickets INDEXED BY {index}", sql, count=1)
+    if not n:  # pragma: no cover - a programming error
+        raise AssertionError(f"no FROM tickets to hint in {sql!r}")
+    return hinted
+
+
+async def _fetch(
+    conn: AsyncConnection, stmt: Select, index: str | None = None
+) -> list[Sequence[Any]]:
     """All rows of `stmt`, as tuples.
 
     On SQLite straight from the driver, inside the connection's transaction: SQLAlchemy's
-    Row objects would double the cost of reading a million rows.
+    Row objects would double the cost of reading a million rows. `index` names the
+    tickets index SQLite must use (its planner misjudges these wide covering indexes
+    when a queue or an agent is filtered on); other databases choose for themselves.
     """
     if conn.dialect.name != "sqlite":
         return list((await conn.execute(stmt)).all())
     sql, params = _driver_sql(stmt, conn.dialect)
+    if index is not None:
+        sql = _indexed_by(sql, index)
     raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection
     return list(await driver.execute_fetchall(sql, params))
 
 
-async def _fetch_apart(db: Database, conn: AsyncConnection, stmt: Select) -> list[Sequence[Any]]:
+async def _fetch_apart(
+    db: Database, conn: AsyncConnection, stmt: Select, index: str | None = None
+) -> list[Sequence[Any]]:
     """`_fetch` on another connection of the store (on `conn` for an in-memory SQLite).
 
     A separate read transaction: its snapshot may be a moment apart from the other
     queries', which a report over a period can live with.
     """
     if db.is_sqlite and sqlite_path(db.url) is None:
-        return await _fetch(conn, stmt)
+        return await _fetch(conn, stmt, index)
     async with db.read() as session:
-        return await _fetch(await session.connection(), stmt)
+        return await _fetch(await session.connection(), stmt, index)
 
 
 def _aware(value: datetime | str) -> datetime:
@@ -582,26 +600,55 @@ async def _ids(session: AsyncSession, flt: ReportFilter) -> tuple[int | None, in
 
 @dataclass
 class _Rows:
-    """What the queries of one report return (times in units, hours since 1970)."""
+    """What the queries of one report return (times in units, hours since 1970).
+
+    The cohorts come grouped by (queue, agent), their per-ticket values as comma-separated
+    text (`_concat`): hours as UTC hour numbers; times as durations, or for business hours
+    as ``created,other`` pairs.
+    """
 
     queues: dict[int, str]
     agents: dict[int, str]
     queue_id: int | None
     agent_id: int | None
-    #: (queue, agent, ever solved, SLA breached 1/0/None, active at until, hour, then the
-    #: first response time; or, for business hours, created and first response moments)
+    #: (queue, agent, created, ever solved, active at until, hours, first response times)
     created: list[Sequence[Any]]
-    #: (queue, agent) of the tickets created before `since` and active at `until`
+    #: (queue, agent, tickets with an SLA, of which breached)
+    sla: list[Sequence[Any]]
+    #: (queue, agent, count) of the tickets created before `since` and active at `until`
     older_active: list[Sequence[Any]]
-    #: (queue, agent, first-contact 1/0, hour, then the resolution time; or, for business
-    #: hours, created and solved moments)
+    #: (queue, agent, solved, hours, resolution times)
     solved: list[Sequence[Any]]
+    #: (queue, agent, count) of the solved ones resolved at first contact: still running
+    #: when the rest is read (its database work overlaps the Python work on the rest)
+    fcr: asyncio.Future[list[Sequence[Any]]]
     merged_ends: list[Sequence[Any]]
     start_active: int
-    #: (ticket, at, id, action, old, new) status history of reopened tickets and CSAT rows
+    #: (ticket, at, id, action, old, new, queue, agent, created, solved now 1/0): the status
+    #: history of reopened tickets and the CSAT rows, with their ticket's values
     audit: list[Sequence[Any]]
-    #: ticket -> (queue, agent, created, solved now 1/0) for the tickets in `audit`
-    info: dict[int, tuple[int | None, int | None, int, int]]
+
+
+def _concat(sql: str, dialect: str) -> ColumnElement[str]:
+    """The aggregate of the SQL integer expression `sql` as comma-separated text, NULLs
+    skipped (None for none). Order does not matter to the callers: a pair is one item."""
+    if dialect == "sqlite":
+        return literal_column(f"group_concat({sql})", type_=Text)
+    return literal_column(f"string_agg(CAST({sql} AS TEXT), ',')", type_=Text)
+
+
+def _pair_sql(a: str, b: str) -> str:
+    """``a,b`` as text (NULL when either is NULL), one item of a `_concat`."""
+    return f"CAST({a} AS TEXT) || ',' || CAST({b} AS TEXT)"
+
+
+def _ints(text_: str | None) -> list[int]:
+    """The integers of a `_concat` (JSON's parser reads them twice as fast as int())."""
+    return json.loads(f"[{text_}]") if text_ else []
+
+
+def _count_if(cond: ColumnElement[bool]) -> ColumnElement[int]:
+    return func.sum(case((cond, 1), else_=0))
 
 
 async def _query(
@@ -620,62 +667,26 @@ async def _query(
         queues = {r[0]: r[1] for r in (await conn.execute(select(Queue.id, Queue.name)))}
         agents = {r[0]: r[1] for r in (await conn.execute(select(Agent.id, Agent.login)))}
 
-        created_col: Any = Ticket.created_at
         before_col: Any = Ticket.created_at
-        solved_col: Any = Ticket.solved_at
+        sla_join: ColumnElement[bool] = Ticket.id == TicketSla.ticket_id
         if dialect == "sqlite":
-            if await _share(conn, Ticket.created_at, since, until) > _SCAN_SHARE:
-                created_col = _plain(Ticket.created_at, dialect)
             if await _share(conn, Ticket.created_at, None, since) > _SCAN_SHARE:
                 before_col = _plain(Ticket.created_at, dialect)
-            if await _share(conn, Ticket.solved_at, since, until) > _SCAN_SHARE:
-                solved_col = _plain(Ticket.solved_at, dialect)
+            if await _share(conn, Ticket.created_at, since, until) > _SCAN_SHARE:
+                # Walk the SLA rows and find each ticket by its key, not the other way round.
+                sla_join = Ticket.id == _plain(TicketSla.ticket_id, dialect)
         status_col = _plain(Ticket.status, dialect)
         end = _end_expr()
         active_at_until = or_(status_col.not_in(_INACTIVE), end >= until)
-
-        # 1. Tickets created in the period: hour, first response, ever solved, SLA, and
-        # whether active at `until` (the backlog per group); and older ones active then.
-        has_sla = TicketSla.policy_id.is_not(None)
-        breached = or_(
-            TicketSla.breached == true(),
-            and_(Ticket.next_due_at.is_not(None), Ticket.next_due_at <= now),
-        )
-        times: list[Any] = (
-            [_span(Ticket.created_at, Ticket.first_response_at, dialect)]
-            if wall
-            else [
-                _units(_name(Ticket.created_at), dialect),
-                _units(_name(Ticket.first_response_at), dialect),
-            ]
-        )
-        created_stmt = (
-            select(
-                Ticket.queue_id,
-                Ticket.assignee_id,
-                case((Ticket.solved_at.is_not(None), 1), else_=0),
-                case((has_sla, case((breached, 1), else_=0)), else_=literal(None)),
-                case((active_at_until, 1), else_=0),
-                _hour(Ticket.created_at, dialect),
-                *times,
-            )
-            .select_from(Ticket)
-            .outerjoin(TicketSla, TicketSla.ticket_id == Ticket.id)
-            .where(created_col >= since, created_col < until, scope)
-        )
-        # The biggest read runs on a connection of its own while this one does the rest:
-        # the database's work (date parsing, index probes) then uses both cores.
-        created_task = asyncio.ensure_future(_fetch_apart(db, conn, created_stmt))
-        older_active = await _fetch(
-            conn,
-            select(Ticket.queue_id, Ticket.assignee_id).where(
-                before_col < since, active_at_until, scope
-            ),
+        group = (Ticket.queue_id, Ticket.assignee_id)
+        solved_in_period = and_(
+            status_col.in_(_SOLVED), Ticket.solved_at >= since, Ticket.solved_at < until, scope
         )
 
-        # 2. Tickets solved in the period: resolution time and first-contact resolution
-        # (no mail from the customer or an agent after the first agent reply; the
-        # ticket/kind/time index answers that without reading articles).
+        # First-contact resolution (no mail from the customer or an agent after the first
+        # agent reply): one index probe per solved ticket, the costliest part, so it runs
+        # on a connection of its own while this one reads the rest and `build_report`
+        # computes with it (it returns a few rows).
         later = (
             select(Article.id)
             .where(
@@ -689,113 +700,157 @@ async def _query(
             .correlate(Ticket)
             .exists()
         )
-        fcr = case((and_(Ticket.first_response_at.is_not(None), ~later), 1), else_=0)
-        times = (
-            [_span(Ticket.created_at, Ticket.solved_at, dialect)]
-            if wall
-            else [
-                _units(_name(Ticket.created_at), dialect),
-                _units(_name(Ticket.solved_at), dialect),
-            ]
-        )
-        solved = await _fetch(
-            conn,
-            select(
-                Ticket.queue_id, Ticket.assignee_id, fcr, _hour(Ticket.solved_at, dialect), *times
-            ).where(status_col.in_(_SOLVED), solved_col >= since, solved_col < until, scope),
-        )
-        # Merged tickets leave the backlog too (few: the status index finds them).
-        merged_ends = await _fetch(
-            conn,
-            select(_units(_END_SQL, dialect)).where(
-                Ticket.status == Status.MERGED.value, end >= since, end < until, scope
-            ),
-        )
-
-        # 3. Active at `since`: the backlog's start.
-        start_active = int(
-            (
-                await conn.execute(
-                    select(func.count())
-                    .select_from(Ticket)
-                    .where(
-                        before_col < since,
-                        or_(status_col.not_in(_INACTIVE), end >= since),
-                        scope,
-                    )
-                )
-            ).scalar_one()
-        )
-
-        # 4. The audit log: the status history of the tickets reopened since `since`
-        # (an earlier reopen changes nothing in the period; the partial index holds only
-        # reopens), and the CSAT ratings given in the period.
-        # (no DISTINCT: it would tempt SQLite to walk the ticket_id index instead)
-        reopened = sorted(
-            {
-                r[0]
-                for r in await _fetch(
-                    conn,
-                    select(AuditEvent.ticket_id).where(
-                        text(REOPEN_WHERE), AuditEvent.created_at >= since
-                    ),
-                )
-                if r[0] is not None
-            }
-        )
-        audit_cols = (
-            AuditEvent.ticket_id,
-            _units(_name(AuditEvent.created_at), dialect),
-            AuditEvent.id,
-            AuditEvent.action,
-            AuditEvent.old_value,
-            AuditEvent.new_value,
-        )
-        audit: list[Sequence[Any]] = []
-        for at in range(0, len(reopened), 10_000):
-            audit += await _fetch(
+        fcr_task = asyncio.ensure_future(
+            _fetch_apart(
+                db,
                 conn,
-                select(*audit_cols).where(
-                    AuditEvent.ticket_id.in_(reopened[at : at + 10_000]),
-                    AuditEvent.field == "status",
-                ),
+                select(*group, func.count())
+                .where(solved_in_period, Ticket.first_response_at.is_not(None), ~later)
+                .group_by(*group),
+                SOLVED_INDEX,
             )
-        audit += await _fetch(
-            conn,
-            select(*audit_cols).where(
-                text(CSAT_WHERE),  # literal: the partial index's condition
-                AuditEvent.created_at >= since,
-                AuditEvent.created_at < until,
-            ),
         )
-        # The tickets they belong to, by primary key; the scope applies here.
-        info: dict[int, tuple[int | None, int | None, int, int]] = {}
-        wanted = sorted({r[0] for r in audit if r[0] is not None})
-        for at in range(0, len(wanted), 10_000):
-            for tid, q, a, c_u, solved_now in await _fetch(
+
+        try:
+            # 1. Tickets created in the period, per group: counts, UTC hours, first response
+            # times (on SQLite all from migration 0007's covering index, whose epoch expressions
+            # are the very `_units` ones: no date is parsed).
+            c_u = _units_sql(_name(Ticket.created_at), dialect)
+            f_u = _units_sql(_name(Ticket.first_response_at), dialect)
+            created = await _fetch(
                 conn,
                 select(
-                    Ticket.id,
-                    Ticket.queue_id,
-                    Ticket.assignee_id,
-                    _units(_name(Ticket.created_at), dialect),
-                    case((Ticket.solved_at.is_not(None), 1), else_=0),
-                ).where(Ticket.id.in_(wanted[at : at + 10_000]), scope),
-            ):
-                info[tid] = (q, a, c_u, solved_now)
-        created = await created_task
+                    *group,
+                    func.count(),
+                    _count_if(Ticket.solved_at.is_not(None)),
+                    _count_if(active_at_until),
+                    _concat(_hour_sql(Ticket.created_at, dialect), dialect),
+                    _concat(f"{f_u} - {c_u}" if wall else _pair_sql(c_u, f_u), dialect),
+                )
+                .where(Ticket.created_at >= since, Ticket.created_at < until, scope)
+                .group_by(*group),
+                CREATED_INDEX,
+            )
+            # Their SLA: breached (sticky flag, or a running clock past due at `now`) or met.
+            breached = or_(
+                TicketSla.breached == true(),
+                and_(Ticket.next_due_at.is_not(None), Ticket.next_due_at <= now),
+            )
+            sla_rows = await _fetch(
+                conn,
+                select(*group, func.count(), _count_if(breached))
+                .select_from(TicketSla)
+                .join(Ticket, sla_join)
+                .where(
+                    TicketSla.policy_id.is_not(None),
+                    Ticket.created_at >= since,
+                    Ticket.created_at < until,
+                    scope,
+                )
+                .group_by(*group),
+            )
+            # Older tickets still active at `until` (the backlog per group).
+            older_active = await _fetch(
+                conn,
+                select(*group, func.count())
+                .where(before_col < since, active_at_until, scope)
+                .group_by(*group),
+            )
+
+            # 2. Tickets solved in the period, per group: UTC hours and resolution times.
+            s_u = _units_sql(_name(Ticket.solved_at), dialect)
+            solved = await _fetch(
+                conn,
+                select(
+                    *group,
+                    func.count(),
+                    _concat(_hour_sql(Ticket.solved_at, dialect), dialect),
+                    _concat(f"{s_u} - {c_u}" if wall else _pair_sql(c_u, s_u), dialect),
+                )
+                .where(solved_in_period)
+                .group_by(*group),
+                SOLVED_INDEX,
+            )
+            # Merged tickets leave the backlog too (few: the status index finds them).
+            merged_ends = await _fetch(
+                conn,
+                select(_units(_END_SQL, dialect)).where(
+                    Ticket.status == Status.MERGED.value, end >= since, end < until, scope
+                ),
+            )
+
+            # 3. Active at `since`: the backlog's start.
+            start_active = int(
+                (
+                    await conn.execute(
+                        select(func.count())
+                        .select_from(Ticket)
+                        .where(
+                            before_col < since,
+                            or_(status_col.not_in(_INACTIVE), end >= since),
+                            scope,
+                        )
+                    )
+                ).scalar_one()
+            )
+
+            # 4. The audit log: the status history of the tickets reopened since `since`
+            # (an earlier reopen changes nothing in the period; the partial index holds only
+            # reopens), and the CSAT ratings given in the period; each with its ticket's
+            # values, found by primary key (the scope applies there).
+            audit_cols = (
+                AuditEvent.ticket_id,
+                _units(_name(AuditEvent.created_at), dialect),
+                AuditEvent.id,
+                AuditEvent.action,
+                AuditEvent.old_value,
+                AuditEvent.new_value,
+                *group,
+                _units(_name(Ticket.created_at), dialect),
+                case((Ticket.solved_at.is_not(None), 1), else_=0),
+            )
+            reopened = select(AuditEvent.ticket_id).where(
+                text(REOPEN_WHERE), AuditEvent.created_at >= since
+            )
+            audit = await _fetch(
+                conn,
+                select(*audit_cols)
+                .join(Ticket, Ticket.id == AuditEvent.ticket_id)
+                .where(
+                    AuditEvent.ticket_id.in_(reopened.scalar_subquery()),
+                    AuditEvent.field == "status",
+                    scope,
+                ),
+            )
+            audit += await _fetch(
+                conn,
+                select(*audit_cols)
+                .join(Ticket, Ticket.id == AuditEvent.ticket_id)
+                .where(
+                    text(CSAT_WHERE),  # literal: the partial index's condition
+                    AuditEvent.created_at >= since,
+                    AuditEvent.created_at < until,
+                    scope,
+                ),
+            )
+            if db.is_sqlite and sqlite_path(db.url) is None:
+                await fcr_task  # it runs on this session's connection
+        except BaseException:
+            fcr_task.cancel()
+            raise
     return _Rows(
         queues=queues,
         agents=agents,
         queue_id=queue_id,
         agent_id=agent_id,
         created=created,
+        sla=sla_rows,
         older_active=older_active,
         solved=solved,
+        fcr=fcr_task,
         merged_ends=merged_ends,
         start_active=start_active,
         audit=audit,
-        info=info,
     )
 
 
@@ -823,56 +878,57 @@ async def build_report(
     since_u = round(since.timestamp() * per_second)
     until_u = round(until.timestamp() * per_second)
     groups: dict[Key, _Acc] = defaultdict(_Acc)
-    end_backlog: Counter[Key] = Counter(map(itemgetter(0, 1), rows.older_active))
+    end_backlog: Counter[Key] = Counter()
+    for q, a, n in rows.older_active:
+        end_backlog[(q, a)] += n
 
-    # --- created and solved cohorts: counts by C-level counters, durations in one loop
-    for (q, a, ever, sla_breached, active), n in Counter(
-        map(itemgetter(0, 1, 2, 3, 4), rows.created)
-    ).items():
+    # --- created and solved cohorts: counts from SQL, hours and times parsed from text
+    created_hours: Counter[str] = Counter()
+    solved_hours: Counter[str] = Counter()
+    frt_times: dict[Key, list[int]] = {}
+    res_times: dict[Key, list[int]] = {}
+    for q, a, n, ever, active, hours, times in rows.created:
         acc = groups[(q, a)]
         acc.created += n
-        if ever:
-            acc.ever_solved += n
-        if sla_breached is not None:
-            acc.sla_base += n
-            if not sla_breached:
-                acc.sla_met += n
+        acc.ever_solved += ever
         if active:
-            end_backlog[(q, a)] += n
-    for (q, a, first_contact), n in Counter(map(itemgetter(0, 1, 2), rows.solved)).items():
+            end_backlog[(q, a)] += active
+        if hours:
+            created_hours.update(hours.split(","))
+        frt_times[(q, a)] = _ints(times)
+    for q, a, n, breached in rows.sla:
         acc = groups[(q, a)]
-        acc.solved += n
-        if first_contact:
-            acc.fcr += n
-    created_hours = Counter(map(itemgetter(5), rows.created))
-    solved_hours = Counter(map(itemgetter(3), rows.solved))
+        acc.sla_base += n
+        acc.sla_met += n - breached
+    for q, a, n, hours, times in rows.solved:
+        groups[(q, a)].solved += n
+        if hours:
+            solved_hours.update(hours.split(","))
+        res_times[(q, a)] = _ints(times)
 
-    frt: dict[Key, list[int]] = defaultdict(list)
-    res: dict[Key, list[int]] = defaultdict(list)
     if calendar is None:
         per_hour = hour_units
-        for q, a, _e, _s, _x, _h, d in rows.created:
-            if d is not None:
-                frt[q, a].append(d)
-        for q, a, _f, _h, d in rows.solved:
-            res[q, a].append(d)
     else:
+        # The times are (created, other) pairs: durations in business time.
         per_hour = 3_600_000_000  # business microseconds
-        lo = min(since_u, min(map(itemgetter(4), rows.solved), default=since_u))
-        firsts = [r[7] for r in rows.created if r[7] is not None]
-        hi = max(until_u, round(now.timestamp() * per_second), max(firsts, default=until_u))
+        starts = [xs[0::2] for xs in res_times.values()]
+        firsts = [xs[1::2] for xs in frt_times.values()]
+        lo = min(since_u, min((min(xs) for xs in starts if xs), default=since_u))
+        hi = max(
+            until_u,
+            round(now.timestamp() * per_second),
+            max((max(xs) for xs in firsts if xs), default=until_u),
+        )
         at = _business_at(calendar, per_second, lo, hi)
-        for q, a, _e, _s, _x, _h, c, f in rows.created:
-            if f is not None:
-                frt[q, a].append(at(f) - at(c))
-        for q, a, _f, _h, c, s in rows.solved:
-            res[q, a].append(at(s) - at(c))
+        for times_of in (frt_times, res_times):
+            for key, xs in times_of.items():
+                times_of[key] = list(map(sub, map(at, xs[1::2]), map(at, xs[0::2])))
     # Sorted per group, the queue/agent/overall lists below are concatenations of sorted
     # runs, which the (run-merging) sort in _stats handles in near-linear time.
-    for key, values in frt.items():
+    for key, values in frt_times.items():
         values.sort()
         groups[key].frt = values
-    for key, values in res.items():
+    for key, values in res_times.items():
         values.sort()
         groups[key].res = values
 
@@ -895,8 +951,7 @@ async def build_report(
             if not solved_now:
                 acc.ever_solved += 1  # reopened and not solved again: solved once all the same
 
-    info = rows.info
-    audit_rows = sorted(tuple(r) + info[r[0]] for r in rows.audit if r[0] in info)
+    audit_rows = sorted(map(tuple, rows.audit))
     for tid, at_u, _id, action, old, new, q, a, c_u, solved_now in audit_rows:
         if action == "csat":
             try:
@@ -926,6 +981,8 @@ async def build_report(
     close_ticket()
     for _at, value, key in csat_latest.values():
         groups[key].csat.append(value)
+    for q, a, n in await rows.fcr:
+        groups[(q, a)].fcr += n
 
     # --- series: local days and hours (UTC hour buckets, shifted into the time zone)
     first_day = since.astimezone(tz).date()
@@ -947,13 +1004,13 @@ async def build_report(
         return hit
 
     for bucket, n in created_hours.items():
-        i, hour = local(bucket)
+        i, hour = local(int(bucket))
         per_hour_of_day[hour] += n
         if i is not None:
             created_per_day[i] += n
             delta[i] += n
     for bucket, n in solved_hours.items():
-        i, _hour = local(bucket)
+        i, _hour = local(int(bucket))
         if i is not None:
             solved_per_day[i] += n
             delta[i] -= n

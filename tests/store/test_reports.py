@@ -477,6 +477,62 @@ async def test_reopen_and_csat_reads_use_the_partial_indexes(sqlite_url: str) ->
         await db.dispose()
 
 
+@pytest.mark.parametrize(
+    "flt",
+    [
+        ReportFilter(SINCE, UNTIL, None, None),
+        ReportFilter(SINCE, UNTIL, "Support", None),
+        ReportFilter(SINCE, UNTIL, None, "anna"),
+    ],
+    ids=["all", "queue", "agent"],
+)
+@pytest.mark.parametrize("business", [False, True], ids=["wall", "business"])
+async def test_cohort_reads_come_from_the_epoch_indexes(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, flt: ReportFilter, business: bool
+) -> None:
+    # The reads of the created and solved tickets (a million rows for a year) must be
+    # answered by migration 0007's covering indexes, with the epoch times read from the
+    # index: if reports.py's time expression ever drifts from the migration's, SQLite
+    # parses every date again (seconds on a million tickets) and this fails.
+    from store import reports
+    from store.engine import Database
+    from store.migrate import upgrade
+
+    db = Database(sqlite_url)
+    try:
+        await upgrade(db)
+        svc = Service(db, clock=FakeClock(at(2, 8)))
+        await svc.add_queue("Support")
+        await svc.add_agent("anna", "Anna")
+        await build_report(db, ReportFilter(SINCE, UNTIL, None, None), now=NOW)  # a warm-up
+        seen: list[tuple[str, list[object]]] = []
+        fetch = reports._fetch
+
+        async def recording(conn, stmt, index=None):  # type: ignore[no-untyped-def]
+            if index is not None:
+                sql, params = reports._driver_sql(stmt, conn.dialect)
+                seen.append((reports._indexed_by(sql, index), params))
+            return await fetch(conn, stmt, index)
+
+        monkeypatch.setattr(reports, "_fetch", recording)
+        calendar = bt.Calendar.build(timezone="UTC", hours="mon-fri 09:00-17:00")
+        await build_report(db, flt, now=NOW, calendar=calendar if business else None)
+        assert len(seen) == 3  # created, solved, first-contact resolution
+        async with db.read() as s:
+            raw = (await (await s.connection()).get_raw_connection()).driver_connection
+            for sql, params in seen:
+                plan = " ".join(
+                    str(r[-1])
+                    for r in await raw.execute_fetchall("EXPLAIN QUERY PLAN " + sql, params)
+                )
+                assert "USING COVERING INDEX ix_tickets_report_" in plan, plan
+                ops = await raw.execute_fetchall("EXPLAIN " + sql, params)
+                parsed = [r for r in ops if r[1] == "Function" and "julianday" in str(r[5])]
+                assert parsed == [], sql
+    finally:
+        await db.dispose()
+
+
 async def test_survey_mail_after_the_solve_keeps_first_contact_resolution(
     service: Service, clock: FakeClock
 ) -> None:
