@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.cells import cell_len
 from rich.highlighter import Highlighter
 from rich.text import Text
@@ -15,7 +17,12 @@ from textual.reactive import var
 from textual.widgets import Input, Label, Static
 
 from helpdesk_tui.text import safe_line
-from store.query import Query, QueryError, parse, tokens
+
+if TYPE_CHECKING:
+    from store.query import Query
+
+# `store.query` (SQLAlchemy underneath) is imported on first use, not with this module: the
+# console composes the bar in its first frame, before the store layer has loaded.
 
 _TOKEN_STYLES = {
     "negation": "bold red",
@@ -33,6 +40,10 @@ class QueryHighlighter(Highlighter):
     """Colours keys, values and phrases as the agent types (spans from `store.query.tokens`)."""
 
     def highlight(self, text: Text) -> None:
+        if not text.plain:
+            return
+        from store.query import tokens
+
         for token in tokens(text.plain):
             style = _TOKEN_STYLES.get(token.kind)
             if style:
@@ -155,6 +166,8 @@ class QueryBar(Vertical):
 
     def submit(self) -> None:
         """Parse the text: show the error inline, or send `Submitted`."""
+        from store.query import QueryError, parse
+
         text = self.input.value
         try:
             query = parse(text)
