@@ -277,52 +277,15 @@ def tui(db: DbOpt = None, as_: AsOpt = None) -> None:
 
 
 def launch_console(db: str | None, login: str, agent: Any = None) -> None:
+    """The console on any store, after the checks (`helpdesk_tui.boot` has the fast start)."""
     from helpdesk_tui.app import HelpdeskApp
+    from helpdesk_tui.boot import run_console
 
     cfg = config_for(db)
     database = Database(cfg.db_url, role="console")
     service = Service(database)
     me = agent if agent is not None else asyncio.run(_load_agent(service, login))
-    console = HelpdeskApp(service, me, cfg)
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(console.run_async())
-        # asyncio.run() would wait for every leftover task; a session's shielded rollback
-        # queued behind a statement in a driver thread can take seconds (or wait on a lock).
-        leftovers = [t for t in asyncio.all_tasks(loop) if not t.done()]
-        for task in leftovers:
-            task.cancel()
-        if leftovers:
-            loop.run_until_complete(asyncio.wait(leftovers, timeout=0.3))
-    finally:
-        _exit_without_stragglers()
-        loop.close()
-
-
-def _exit_without_stragglers(grace: float = 0.1) -> None:
-    """Exit now even if a driver thread is still finishing a statement after quit.
-
-    The app interrupts and closes its connections on quit, but a thread inside a C call
-    (a SQLite statement, a socket read) can outlive `App.run()`, and Python waits for every
-    non-daemon thread before exiting. The terminal is restored and drafts are saved as they
-    are typed, so after a short grace period the process leaves without them.
-    """
-    import threading
-    import time
-
-    deadline = time.monotonic() + grace
-    for thread in threading.enumerate():
-        if thread is threading.current_thread() or thread.daemon:
-            continue
-        thread.join(max(0.0, deadline - time.monotonic()))
-    if any(
-        t.is_alive() and not t.daemon
-        for t in threading.enumerate()
-        if t is not threading.current_thread()
-    ):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    run_console(HelpdeskApp(service, me, cfg))
 
 
 async def _load_agent(service: Service, login: str) -> Any:

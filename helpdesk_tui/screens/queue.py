@@ -5,11 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
-from sqlalchemy import ColumnElement, and_, select
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -18,27 +17,25 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Static
 
+from helpdesk_tui.app import StoreLoaded
+from helpdesk_tui.boot import FirstPageSource
 from helpdesk_tui.commands import PaletteCommand, ScreenCommands
 from helpdesk_tui.messages import StoreChanged
-from helpdesk_tui.screens.confirm import ChoiceScreen, ConfirmScreen, PromptScreen
 from helpdesk_tui.text import notify_safe, safe_line
-from helpdesk_tui.widgets.query_bar import QueryBar
 from helpdesk_tui.widgets.sidebar import Sidebar, ViewEntry
 from helpdesk_tui.widgets.ticket_list import TicketList
-from store import listing
-from store.engine import Database, StoreError
-from store.models import Priority, Status, Ticket
-from store.query import (
-    Query,
-    QueryContext,
-    QueryError,
-    compile_where,
-    describe,
-    parse,
-    rank_subquery,
-)
 from store.sanitize import clean_line
-from store.service import Service
+
+# The store layer (SQLAlchemy) is imported where it is used: on a fast start the queue is
+# painted before it is loaded (see helpdesk_tui.boot).
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement
+
+    from helpdesk_tui.widgets.query_bar import QueryBar
+    from store.engine import Database
+    from store.models import Ticket
+    from store.query import Query, QueryContext
+    from store.service import Service
 
 #: The order cycle of `o`; the first is the default ("what to do next").
 ORDER_CYCLE = ("next", "updated", "created", "number")
@@ -103,11 +100,17 @@ class ListingSource:
         self.order = order
 
     def where(self) -> ColumnElement[bool]:
+        from store.query import compile_where
+
         return compile_where(self.query, self.context())
 
     async def _versions(self, session: Any, rows: Sequence[Any]) -> list[Any]:
         if not rows or hasattr(rows[0], "version"):
             return list(rows)
+        from sqlalchemy import select
+
+        from store.models import Ticket
+
         ids = [r.id for r in rows]
         found = dict(
             (
@@ -117,6 +120,9 @@ class ListingSource:
         return [_VersionedRow(r, found.get(r.id)) for r in rows]
 
     async def _page(self, **kwargs: Any) -> SourcePage:
+        from store import listing
+        from store.query import compile_where, rank_subquery
+
         ctx = self.context()
         where = compile_where(self.query, ctx)
         if self.order == "relevance":
@@ -142,6 +148,8 @@ class ListingSource:
         return await self._page(before=cursor, limit=limit)
 
     async def count(self) -> int:
+        from store import listing
+
         async with self.db.read() as session:
             return int(await listing.count(session, self.where()))
 
@@ -317,8 +325,13 @@ class QueueScreen(Screen[None]):
         self.order = ORDER_CYCLE[0]
         self.total: int | None = None
         self.last_report: BulkReport | None = None
-        self._query: Query = parse(self.view.query)
+        self._query: Query | None = None
         self._source: ListingSource | None = None
+        #: Fast start: the list's source until the store is open (see helpdesk_tui.boot).
+        self._first_source: FirstPageSource | None = None
+        #: Fast start: a query change or an opened ticket waiting for the store.
+        self._apply_pending = False
+        self._open_pending: int | None = None
         self._seen_serial = 0
         self._reload_timer: Timer | None = None
         self._counts_timer: Timer | None = None
@@ -338,16 +351,29 @@ class QueueScreen(Screen[None]):
 
     @property
     def query_bar(self) -> QueryBar:
+        from helpdesk_tui.widgets.query_bar import QueryBar
+
         return self.query_one(QueryBar)
 
     @property
     def sidebar(self) -> Sidebar:
         return self.query_one(Sidebar)
 
+    @property
+    def store_ready(self) -> bool:
+        """False only while a fast start is still opening the store."""
+        return bool(getattr(self.app, "store_ready", True))
+
     def context(self) -> QueryContext:
         """What "me" and "now" mean for queries right now."""
+        from store.query import QueryContext
+
         app: Any = self.app
         return QueryContext(app.me.id, self.service.clock(), self.service.db.dialect)
+
+    def now(self) -> datetime:
+        """The store's clock (the system's while a fast start opens the store)."""
+        return self.service.clock() if self.store_ready else datetime.now(UTC)
 
     @property
     def query_text(self) -> str:
@@ -356,6 +382,8 @@ class QueueScreen(Screen[None]):
 
     # ----------------------------------------------------------------- layout
     def compose(self) -> ComposeResult:
+        from helpdesk_tui.widgets.query_bar import QueryBar
+
         with Horizontal(id="queue-body"):
             yield Sidebar(id="sidebar")
             with Vertical(id="queue-main"):
@@ -365,21 +393,62 @@ class QueueScreen(Screen[None]):
                 )
                 yield Static("", id="queue-status")
                 yield Static("", id="queue-report")
-                yield TicketList(clock=self.service.clock, id="tickets")
+                yield TicketList(clock=self.now, id="tickets")
         yield Footer()
 
     def on_mount(self) -> None:
-        self._orders = dict(listing.ORDERS)
         self._seen_serial = getattr(self.app, "change_serial", 0)
         self.sidebar.set_views(builtin_views(()))
         self.sidebar.select_key(self.view.key)
-        self._apply_query()
+        take = getattr(self.app, "take_fast_start", None)
+        start = take() if take is not None else None
+        if start is not None and (start.page.query, start.page.order) == (
+            self.view.query,
+            self.order,
+        ):
+            # Fast start: paint the rows read without the store; it opens after this frame.
+            self._status_labels = dict(start.labels)
+            self.ticket_list.status_labels = dict(start.labels)
+            self._first_source = FirstPageSource(start.page)
+            self.ticket_list.set_empty_message(f"No tickets match {self.query_text!r}.")
+            self.ticket_list.load(self._first_source)
+            self._update_status()
+        else:
+            self._store_ready()
         self.ticket_list.focus()
         # The views' counts read the whole store (a million tickets): they wait until the
         # first page is on screen, so they do not compete with it for the two cores.
         self._views_pending = True
+
+    def _store_ready(self) -> None:
+        """Read what comes from the store: the list (unless a fast start painted it), labels."""
+        from store import listing
+
+        self._orders = dict(listing.ORDERS)
+        first = self._first_source
+        self._first_source = None
+        source = self._listing_source() if first is not None and not self._apply_pending else None
+        if first is not None and source is not None:
+            # Continue from the fast first page: the store's source takes over in place, and
+            # the list re-reads its rows (same rows: nothing moves; changes made meanwhile).
+            self._source = source
+            first.attach(source)
+            self._describe()
+            self.ticket_list.reload()
+            self._count_total()
+            self._update_status()
+        else:
+            self._apply_query()
+        self._apply_pending = False
         self._load_labels()
         self._refresh_presence()
+
+    def on_store_loaded(self, _message: StoreLoaded) -> None:
+        """Fast start: the store is open now."""
+        self._store_ready()  # the views' counts start when the list has re-read its rows
+        if self._open_pending is not None:
+            number, self._open_pending = self._open_pending, None
+            self.open_ticket(number)
 
     def on_resize(self) -> None:
         self.set_class(self.size.width < 100, "-narrow")
@@ -393,16 +462,29 @@ class QueueScreen(Screen[None]):
             self._refresh_presence()
 
     # ----------------------------------------------------------------- the list
-    def _apply_query(self, *, keep_position: bool = False) -> None:
-        """Point the list at the current query and order (a new result from the top)."""
+    def _listing_source(self) -> ListingSource | None:
+        """A source for the current query and order (None, with a message, if it is invalid)."""
+        from store.query import QueryError, parse
+
         try:
             self._query = parse(self.query_text)
         except QueryError as exc:
             notify_safe(self, f"{self.view.name}: {exc.message}", severity="error")
-            return
+            return None
         if self.order == "relevance" and not self._query.has_text:
             self.order = ORDER_CYCLE[0]
-        self._source = ListingSource(self.service.db, self._query, self.context, self.order)
+        return ListingSource(self.service.db, self._query, self.context, self.order)
+
+    def _apply_query(self, *, keep_position: bool = False) -> None:
+        """Point the list at the current query and order (a new result from the top)."""
+        if not self.store_ready:
+            self._apply_pending = True  # done as soon as the store is open
+            self._update_status()
+            return
+        source = self._listing_source()
+        if source is None:
+            return
+        self._source = source
         self.total = None
         self._describe()
         self.ticket_list.set_empty_message(f"No tickets match {self.query_text!r}.")
@@ -414,6 +496,10 @@ class QueueScreen(Screen[None]):
         self._update_status()
 
     def _describe(self) -> None:
+        from store.query import QueryError, describe
+
+        if self._query is None:
+            return
         try:
             lines = describe(self._query, self.context())
         except QueryError:
@@ -422,6 +508,8 @@ class QueueScreen(Screen[None]):
 
     @work(exclusive=True, group="queue-total", exit_on_error=False)
     async def _count_total(self) -> None:
+        from store.engine import StoreError
+
         source = self._source
         if source is None:
             return
@@ -463,10 +551,19 @@ class QueueScreen(Screen[None]):
     @on(TicketList.Loaded)
     def _list_changed(self) -> None:
         self._update_status()
-        self._start_views()
+        if self.store_ready:
+            self._start_views()
+        else:
+            # Fast start: the first page is on screen; now the store may load.
+            self.call_after_refresh(self._load_store)
+
+    def _load_store(self) -> None:
+        load = getattr(self.app, "load_store", None)
+        if load is not None:
+            load()
 
     def _start_views(self) -> None:
-        if self._views_pending:
+        if self._views_pending and self.store_ready:
             self._views_pending = False
             self._load_views()
 
@@ -484,6 +581,9 @@ class QueueScreen(Screen[None]):
         self.open_ticket(event.row.number)
 
     def open_ticket(self, number: int) -> None:
+        if not self.store_ready:
+            self._open_pending = number  # opened as soon as the store is open
+            return
         from helpdesk_tui.screens.ticket import TicketScreen  # written alongside; imported late
 
         self.app.push_screen(TicketScreen(number))
@@ -491,6 +591,8 @@ class QueueScreen(Screen[None]):
     # ----------------------------------------------------------------- views & counts
     @work(exclusive=True, group="queue-views", exit_on_error=False)
     async def _load_views(self) -> None:
+        from store.engine import StoreError
+
         app: Any = self.app
         try:
             queues = await self.service.list_queues()
@@ -507,6 +609,8 @@ class QueueScreen(Screen[None]):
 
     @work(exclusive=True, group="queue-labels", exit_on_error=False)
     async def _load_labels(self) -> None:
+        from store.engine import StoreError
+
         try:
             self._status_labels = await self.service.status_labels()
         except StoreError:
@@ -515,6 +619,10 @@ class QueueScreen(Screen[None]):
 
     @work(exclusive=True, group="queue-counts", exit_on_error=False)
     async def _count_views(self) -> None:
+        from store import listing
+        from store.engine import StoreError
+        from store.query import QueryError, compile_where, parse
+
         ctx = self.context()
         counts: dict[str, int | None] = {}
         problems: dict[str, str] = {}
@@ -533,6 +641,8 @@ class QueueScreen(Screen[None]):
 
     @work(exclusive=True, group="queue-presence", exit_on_error=False)
     async def _refresh_presence(self) -> None:
+        from store.engine import StoreError
+
         app: Any = self.app
         try:
             rows = await self.service.presence()
@@ -598,15 +708,13 @@ class QueueScreen(Screen[None]):
             bar.set_text(text + " " if text else "")
         bar.input.focus()
 
-    @on(QueryBar.Submitted)
-    def _query_submitted(self, event: QueryBar.Submitted) -> None:
+    def on_query_bar_submitted(self, event: QueryBar.Submitted) -> None:
         text = event.text.strip()
         self.custom_query = text if text and text != self.view.query else None
         self._apply_query()
         self.ticket_list.focus()
 
-    @on(QueryBar.Cleared)
-    def _query_cleared(self) -> None:
+    def on_query_bar_cleared(self, _event: QueryBar.Cleared) -> None:
         self.custom_query = None
         self._apply_query()
         self.ticket_list.focus()
@@ -622,7 +730,7 @@ class QueueScreen(Screen[None]):
 
     def action_cycle_order(self) -> None:
         cycle = [o for o in ORDER_CYCLE if not self._orders or o in self._orders]
-        if self._query.has_text:
+        if self._query is not None and self._query.has_text:
             cycle.append("relevance")
         index = cycle.index(self.order) if self.order in cycle else -1
         self.order = cycle[(index + 1) % len(cycle)]
@@ -660,11 +768,16 @@ class QueueScreen(Screen[None]):
         numbers = ", ".join(f"#{n}" for n, _v in targets[:30])
         if len(targets) > 30:
             numbers += f" and {len(targets) - 30} more"
+        from helpdesk_tui.screens.confirm import ConfirmScreen
+
         answer: bool | None = await self.app.push_screen_wait(ConfirmScreen(question, numbers))
         return bool(answer)
 
     @work(group="queue-bulk", exclusive=True, exit_on_error=False)
     async def action_status(self) -> None:
+        from helpdesk_tui.screens.confirm import ChoiceScreen, PromptScreen
+        from store.models import Status
+
         targets = self._targets()
         if not targets:
             return
@@ -724,6 +837,9 @@ class QueueScreen(Screen[None]):
 
     @work(group="queue-bulk", exclusive=True, exit_on_error=False)
     async def action_assign(self) -> None:
+        from helpdesk_tui.screens.confirm import ChoiceScreen
+        from store.engine import StoreError
+
         targets = self._targets()
         if not targets:
             return
@@ -767,6 +883,9 @@ class QueueScreen(Screen[None]):
 
     @work(group="queue-bulk", exclusive=True, exit_on_error=False)
     async def action_priority(self) -> None:
+        from helpdesk_tui.screens.confirm import ChoiceScreen
+        from store.models import Priority
+
         targets = self._targets()
         if not targets:
             return
@@ -793,6 +912,8 @@ class QueueScreen(Screen[None]):
 
     @work(group="queue-bulk", exclusive=True, exit_on_error=False)
     async def action_tag(self) -> None:
+        from helpdesk_tui.screens.confirm import PromptScreen
+
         targets = self._targets()
         if not targets:
             return
@@ -827,6 +948,8 @@ class QueueScreen(Screen[None]):
 
     @work(group="queue-bulk", exclusive=True, exit_on_error=False)
     async def action_merge(self) -> None:
+        from helpdesk_tui.screens.confirm import ChoiceScreen
+
         targets = self._targets()
         if len(targets) < 2:
             notify_safe(self, "Mark two or more tickets (space) to merge them.")
@@ -866,6 +989,8 @@ class QueueScreen(Screen[None]):
         change: Callable[[int, int | None], Awaitable[Ticket | None]],
     ) -> BulkReport:
         """Apply `change` to each ticket; report which failed and why (nothing is retried)."""
+        from store.engine import StoreError
+
         report = BulkReport(title)
         tickets = self.ticket_list
         for number, version in targets:
@@ -911,6 +1036,12 @@ class QueueScreen(Screen[None]):
     # ----------------------------------------------------------------- marks & views
     @work(group="queue-mark", exclusive=True, exit_on_error=False)
     async def action_mark_query(self) -> None:
+        from sqlalchemy import and_, select
+
+        from helpdesk_tui.screens.confirm import PromptScreen
+        from store.models import Ticket
+        from store.query import QueryError, compile_where, parse
+
         def check(text: str) -> str | None:
             try:
                 parse(text)
@@ -926,6 +1057,7 @@ class QueueScreen(Screen[None]):
         if answer is None:
             return
         ctx = self.context()
+        assert self._query is not None  # set once the store is open, before any action
         where = and_(compile_where(self._query, ctx), compile_where(parse(answer), ctx))
         async with self.service.db.read() as session:
             found = (
@@ -941,6 +1073,10 @@ class QueueScreen(Screen[None]):
 
     @work(group="queue-save", exclusive=True, exit_on_error=False)
     async def action_save_view(self) -> None:
+        from helpdesk_tui.screens.confirm import PromptScreen
+        from store.engine import StoreError
+        from store.query import QueryError
+
         text = self.query_text
         answer = await self.app.push_screen_wait(
             PromptScreen(
