@@ -980,7 +980,10 @@ class QueueScreen(Screen[None]):
             await self.service.merge(actor, number, into)
             return None
 
-        await self._run_bulk(f"Merge into #{into}", sources, change)
+        report = await self._run_bulk(f"Merge into #{into}", sources, change)
+        if not report.failed:
+            self.ticket_list.unmark([into])  # the merge is done: nothing is left marked
+            self._update_status()
 
     async def _run_bulk(
         self,
@@ -1072,27 +1075,37 @@ class QueueScreen(Screen[None]):
         notify_safe(self, f"Marked {len(found)} ticket(s) matching {answer}")
 
     @work(group="queue-save", exclusive=True, exit_on_error=False)
-    async def action_save_view(self) -> None:
+    async def action_save_view(self, shared: bool = False) -> None:
+        """Save the current query as a personal view, or (`shared`) one the whole team sees."""
         from helpdesk_tui.screens.confirm import PromptScreen
         from store.engine import StoreError
         from store.query import QueryError
 
         text = self.query_text
+        title = f"Save this query as a {'shared ' if shared else ''}view named"
         answer = await self.app.push_screen_wait(
             PromptScreen(
-                "Save this query as a view named", help=text, placeholder="e.g. Billing, urgent"
+                title,
+                help=text,
+                placeholder="e.g. Billing, urgent",
             )
         )
         if answer is None:
             return
         app: Any = self.app
         try:
-            saved = await self.service.add_view(answer, text, owner=app.me.login)
+            saved = await self.service.add_view(
+                answer, text, owner=None if shared else app.me.login
+            )
         except (StoreError, QueryError) as exc:
             notify_safe(self, str(exc), severity="error")
             return
         self.view = ViewEntry(
-            f"view:{saved.id}", saved.name, saved.query, "personal", view_id=saved.id
+            f"view:{saved.id}",
+            saved.name,
+            saved.query,
+            "shared" if shared else "personal",
+            view_id=saved.id,
         )
         self.custom_query = None
         self.query_bar.set_text("")
@@ -1108,6 +1121,11 @@ class QueueScreen(Screen[None]):
             yield PaletteCommand(f"View: {entry.name}", entry.query, _bind(self.show_view, entry))
         for order, explanation in self._orders.items():
             yield PaletteCommand(f"Order: {order}", explanation, _bind(self.set_order, order))
+        yield PaletteCommand(
+            "View: save this query as a shared view",
+            "A view every agent sees in the sidebar (ctrl+s saves a personal one)",
+            lambda: self.action_save_view(shared=True),
+        )
 
     def set_order(self, order: str) -> None:
         self.order = order

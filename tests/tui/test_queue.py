@@ -344,6 +344,8 @@ async def test_merge_marked_tickets_into_one(
         await pilot.press("y")
         await wait_for(lambda: queue(app).last_report is not None, pilot)
         await wait_for(lambda: rows[1] not in listed(app), pilot)
+        assert queue(app).ticket_list.marked == {}, "nothing stays marked after the merge"
+        assert "marked" not in screen_text(app)
     merged = await other_service.get_ticket(rows[1])
     assert merged.status == Status.MERGED.value
 
@@ -366,6 +368,29 @@ async def test_save_the_current_query_as_a_view(
     alice = await other_service.agent("alice")
     views = {v.name: (v.query, v.owner_id) for v in await other_service.list_views(alice.id)}
     assert views["Billing tags"] == ("tag:billing", alice.id)
+
+
+async def test_save_the_current_query_as_a_shared_view_from_the_palette(
+    seeded_url: str, make_app: AppFactory, other_service: Service
+) -> None:
+    app = await make_app(seeded_url)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await ready(app, pilot)
+        await pilot.press("slash", "ctrl+u", *"priority:urgent", "enter")
+        await settle(app, pilot)
+        (save_shared,) = [
+            c for c in screen.palette_commands() if c.name.endswith("as a shared view")
+        ]
+        save_shared.run()
+        await wait_for(lambda: isinstance(app.screen, PromptScreen), pilot)
+        assert "shared view" in screen_text(app)
+        await pilot.press(*"Urgent for all", "enter")
+        sidebar = screen.query_one(Sidebar)
+        await wait_for(lambda: any(e.name == "Urgent for all" for e in sidebar.entries), pilot)
+        assert "Team views" in screen_text(app)
+    bob = await other_service.agent("bob")
+    views = {v.name: (v.query, v.owner_id) for v in await other_service.list_views(bob.id)}
+    assert views["Urgent for all"] == ("priority:urgent", None)  # bob sees it too
 
 
 async def test_changes_by_others_appear_within_two_seconds(
