@@ -44,6 +44,10 @@ class StoreError(Exception):
     """A problem a human can act on; its message is one clear line."""
 
 
+class NotFoundError(StoreError):
+    """The ticket, agent, queue, policy... does not exist."""
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file behind a SQLite URL, or None for memory / other backends."""
     u = make_url(url)

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from store import lifecycle, search_index
 from store.bulk_ingest import MailBatchWriter
-from store.engine import Database, StoreError
+from store.engine import Database, NotFoundError, StoreError
 from store.models import (
     ACTIVE_STATUSES,
     Agent,
@@ -51,10 +51,6 @@ from store.msgid import outgoing_message_id
 
 PRESENCE_TTL = timedelta(seconds=30)
 DEFAULT_AUTOCLOSE_DAYS = 7
-
-
-class NotFoundError(StoreError):
-    """The ticket, agent, queue... does not exist."""
 
 
 class ValidationError(StoreError):

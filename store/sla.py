@@ -53,7 +53,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store import businesstime as bt
-from store.engine import Database, StoreError
+from store.engine import Database, NotFoundError, StoreError
 from store.models import (
     ACTIVE_STATUSES,
     Article,
@@ -118,6 +118,10 @@ _MAX_PAUSES = 200
 #: scratch than 5,000); the write lock is held about 2 s per batch there.
 RECOMPUTE_BATCH = 20_000
 _ACTIVE = sorted(s.value for s in ACTIVE_STATUSES)
+
+
+class SlaNotFound(NotFoundError):
+    """No such calendar, policy or ticket."""
 
 
 class SlaError(StoreError):
@@ -1309,7 +1313,7 @@ async def explain(db: Database, number: int, now: datetime | None = None) -> lis
             .scalar_one_or_none()
         )
         if ticket is None:
-            raise SlaError(f"no ticket #{number}")
+            raise SlaNotFound(f"no ticket #{number}")
         policies = await _policies(session)
         if not policies:
             return [f"#{number}: no SLA policies exist; add one with `helpdesk sla add`"]
@@ -1418,7 +1422,7 @@ async def _calendar_by_name(session: AsyncSession, name: str) -> CalendarRow:
         )
     ).scalar_one_or_none()
     if row is None:
-        raise SlaError(f"no calendar {name!r}; add one with `helpdesk calendar add {name!r}`")
+        raise SlaNotFound(f"no calendar {name!r}; add one with `helpdesk calendar add {name!r}`")
     return row
 
 
@@ -1691,7 +1695,7 @@ async def get_policy(db: Database, name: str) -> tuple[SlaPolicy, CalendarRow]:
             )
         ).scalar_one_or_none()
         if policy is None:
-            raise SlaError(f"no SLA policy {name!r}; see `helpdesk sla list`")
+            raise SlaNotFound(f"no SLA policy {name!r}; see `helpdesk sla list`")
         cal = await session.get(CalendarRow, policy.calendar_id)
         assert cal is not None
         return policy, cal
@@ -1706,7 +1710,7 @@ async def remove_policy(db: Database, name: str, actor: str = "system:helpdesk")
             )
         ).scalar_one_or_none()
         if policy is None:
-            raise SlaError(f"no SLA policy {name!r}; see `helpdesk sla list`")
+            raise SlaNotFound(f"no SLA policy {name!r}; see `helpdesk sla list`")
         await session.delete(policy)
         _audit(session, actor, "sla-policy-removed", policy.name, None)
         await _bump_version(session)
