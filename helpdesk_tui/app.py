@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import secrets
 import sys
 from collections.abc import Mapping
@@ -153,6 +154,10 @@ class HelpdeskApp(App[None]):
 
     def _start_live(self) -> None:
         """The change feed and presence heartbeats (they need the store)."""
+        # Everything imported so far (Textual, SQLAlchemy, the ORM: a few hundred thousand
+        # objects) lives as long as the console: keep it out of the garbage collector's
+        # full passes, which otherwise pause key handling for tens of milliseconds.
+        gc.freeze()
         if self._follow:
             self._follow_changes()
         if self._presence_interval > 0:
