@@ -11,7 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from mail_sync.outbox import SETTING_KEY, is_safe_address, return_path_of
 from store.models import (
     Article,
-    ArticleKind,
     Blob,
     CannedResponse,
     MailAccount,
@@ -20,7 +19,6 @@ from store.models import (
     Setting,
     Ticket,
 )
-from store.msgid import outgoing_message_id
 from store.service import Service
 
 DEFAULT_LIMIT_PER_HOUR = 3
@@ -153,35 +151,18 @@ async def queue_acknowledgement(
     rendered = render(canned.body, context_from(ticket, team))
     if rendered.unknown:
         return f"acknowledgement not sent: template has unknown variables {', '.join(rendered.unknown)}"
-    msgid = await outgoing_message_id(session, domain, ticket.number)
-    article = Article(
-        ticket_id=ticket.id,
-        kind=ArticleKind.EMAIL_OUT.value,
-        to_addrs=recipient,
+    await service.queue_automatic_mail(
+        session,
+        ticket,
+        outbox_kind="ack",
+        to=recipient,
         subject=ticket.subject
         if ticket.subject.lower().startswith("re:")
         else f"Re: {ticket.subject}",
-        message_id=msgid,
-        in_reply_to=first.message_id if first else None,
-        references=f"<{first.message_id}>" if first and first.message_id else None,
-        body_text=rendered.text,
-        delivery_status="queued",
+        body=rendered.text,
         meta={"auto": "ack"},
-        created_at=service.clock(),
-    )
-    session.add(article)
-    await session.flush()
-    session.add(
-        Outbox(
-            article_id=article.id,
-            ticket_id=ticket.id,
-            message_id=msgid,
-            rcpt_to=[recipient],
-            rcpt_to_key=recipient,
-            kind="ack",
-            status="queued",
-            next_attempt_at=service.clock(),
-            created_at=service.clock(),
-        )
+        domain=domain,
+        now=service.clock(),
+        references=[first.message_id] if first and first.message_id else [],
     )
     return "acknowledgement queued"
