@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from store.revision import head_revision
+from store.rows import TicketRow
 
 #: The view and order the console opens on (the queue screen's first built-in view).
 FIRST_VIEW_QUERY = "assignee:me is:active"
@@ -105,33 +106,10 @@ class AgentInfo:
 
 
 @dataclass(frozen=True)
-class FirstRow:
-    """A ticket as `store.listing.TicketRow` has it, plus the version it was read at."""
-
-    id: int
-    number: int
-    subject: str
-    status: str
-    priority: int
-    assignee_login: str | None
-    assignee_name: str | None
-    customer_name: str | None
-    customer_email: str | None
-    queue_name: str | None
-    updated_at: datetime
-    created_at: datetime
-    next_due_at: datetime | None
-    postponed_until: datetime | None
-    last_customer_at: datetime | None
-    tags: tuple[str, ...]
-    version: int
-
-
-@dataclass(frozen=True)
 class FirstPage:
     """The default view's first page; `more` when tickets follow it."""
 
-    rows: tuple[FirstRow, ...]
+    rows: tuple[TicketRow, ...]
     more: bool
     query: str = FIRST_VIEW_QUERY
     order: str = FIRST_VIEW_ORDER
@@ -248,10 +226,10 @@ def _when(value: object) -> datetime | None:
     return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
 
 
-def _row(r: tuple[Any, ...]) -> FirstRow:
+def _row(r: tuple[Any, ...]) -> TicketRow:
     (id_, number, subject, status, priority, a_login, a_name, c_name, c_email, queue) = r[:10]
     tags = r[15]
-    return FirstRow(
+    return TicketRow(
         id=id_,
         number=number,
         subject=subject,

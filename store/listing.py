@@ -47,6 +47,7 @@ from sqlalchemy.sql.selectable import Exists, ScalarSelect, SelectBase
 
 from store.models import Agent, Customer, Queue, Tag, Ticket, TicketTag, UTCDateTime
 from store.query import plan_search
+from store.rows import TicketRow
 
 if TYPE_CHECKING:
     _AnySelect = Select[*tuple[Any, ...]]
@@ -88,28 +89,6 @@ PG_FAR_FUTURE = "'infinity'::timestamptz"
 
 class CursorError(ValueError):
     """A cursor that is not one of ours (or belongs to another order)."""
-
-
-@dataclass(frozen=True)
-class TicketRow:
-    """What a ticket list shows, read in one SELECT (no ORM objects)."""
-
-    id: int
-    number: int
-    subject: str
-    status: str
-    priority: int
-    assignee_login: str | None
-    assignee_name: str | None
-    customer_name: str | None
-    customer_email: str | None
-    queue_name: str | None
-    updated_at: datetime
-    created_at: datetime
-    next_due_at: datetime | None
-    postponed_until: datetime | None
-    last_customer_at: datetime | None
-    tags: tuple[str, ...] = ()
 
 
 @dataclass

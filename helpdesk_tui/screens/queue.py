@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from store.engine import Database
     from store.models import Ticket
     from store.query import Query, QueryContext
+    from store.rows import TicketRow
     from store.service import Service
 
 #: The order cycle of `o`; the first is the default ("what to do next").
@@ -60,19 +61,6 @@ def builtin_views(queue_names: Iterable[str]) -> list[ViewEntry]:
         quoted = name.replace("\\", "\\\\").replace('"', '\\"')
         views.append(ViewEntry(f"queue:{name}", name, f'queue:"{quoted}" is:active', "queue"))
     return views
-
-
-class _VersionedRow:
-    """A listing row plus the ticket version it was read at (for conflict detection)."""
-
-    __slots__ = ("_row", "version")
-
-    def __init__(self, row: Any, version: int | None) -> None:
-        self._row = row
-        self.version = version
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._row, name)
 
 
 @dataclass
@@ -104,8 +92,9 @@ class ListingSource:
 
         return compile_where(self.query, self.context())
 
-    async def _versions(self, session: Any, rows: Sequence[Any]) -> list[Any]:
-        if not rows or hasattr(rows[0], "version"):
+    async def _versions(self, session: Any, rows: Sequence[TicketRow]) -> list[TicketRow]:
+        """The rows with the ticket version they were read at (for conflict detection)."""
+        if not rows or rows[0].version is not None:
             return list(rows)
         from sqlalchemy import select
 
@@ -117,7 +106,9 @@ class ListingSource:
                 await session.execute(select(Ticket.id, Ticket.version).where(Ticket.id.in_(ids)))
             ).all()
         )
-        return [_VersionedRow(r, found.get(r.id)) for r in rows]
+        for r in rows:
+            r.version = found.get(r.id)
+        return list(rows)
 
     async def _page(self, **kwargs: Any) -> SourcePage:
         from store import listing

@@ -7,7 +7,6 @@ a million tickets scrolls like one of fifty. Cells are built from sanitised `Tex
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,25 +37,6 @@ def utcnow() -> datetime:
 PAGE_SIZE = 100
 #: Most rows held in memory at once (whole pages are dropped beyond this).
 MAX_ROWS = 600
-
-
-class TicketRowLike(Protocol):
-    """What the list shows of a ticket (`store.listing.TicketRow` has all of it)."""
-
-    id: int
-    number: int
-    subject: str
-    status: str
-    priority: int
-    assignee_login: str | None
-    assignee_name: str | None
-    customer_name: str | None
-    customer_email: str | None
-    queue_name: str | None
-    updated_at: datetime
-    created_at: datetime
-    next_due_at: datetime | None
-    postponed_until: datetime | None
 
 
 class PageLike(Protocol):
@@ -402,10 +382,8 @@ class TicketList(ScrollView, can_focus=True):
         if number in self.marked:
             self.marked[number] = version
         for row in self._rows:
-            if row.number == number and hasattr(row, "version"):
-                # A frozen row keeps its old version until the next reload brings the new one.
-                with contextlib.suppress(AttributeError):
-                    row.version = version
+            if row.number == number:
+                row.version = version
 
     def select_number(self, number: int) -> bool:
         """Move the cursor to a loaded ticket; False when it is not in the window."""
