@@ -996,20 +996,8 @@ async def _fill_last_replies(
 ) -> None:
     """Set `last_agent_reply_at` on the facts whose next-response clock needs it."""
     need = [tid for tid, f in facts.items() if tid in chosen and f.needs_last_reply]
-    for i in range(0, len(need), 900):
-        part = need[i : i + 900]
-        for tid, value in (
-            await session.execute(
-                select(Article.ticket_id, func.max(Article.created_at))
-                .where(Article.ticket_id.in_(part), Article.kind == ArticleKind.EMAIL_OUT.value)
-                .group_by(Article.ticket_id)
-            )
-        ).all():
-            if isinstance(value, str):
-                value = datetime.fromisoformat(value)
-            if value is not None and value.tzinfo is None:
-                value = value.replace(tzinfo=UTC)
-            facts[tid].last_agent_reply_at = value
+    for tid, value in (await _last_replies(session, need)).items():
+        facts[tid].last_agent_reply_at = value
 
 
 # The SQLite path: plain SQL and tuples through the driver. Values are written exactly as

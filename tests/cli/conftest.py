@@ -15,13 +15,16 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
+
+from store.service import Service
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT = "anna"
@@ -191,3 +194,19 @@ def show(cli: Callable[..., Result]) -> Callable[[int], dict[str, Any]]:
         return data
 
     return get
+
+
+def with_service(url: str, body: Callable[[Service], Awaitable[Any]], now: datetime) -> Any:
+    """Run `body` on the store with the service clock at `now` (to make tickets in the past)."""
+    import asyncio
+
+    from store.engine import Database
+
+    async def go() -> Any:
+        db = Database(url)
+        try:
+            return await body(Service(db, clock=lambda: now))
+        finally:
+            await db.dispose()
+
+    return asyncio.run(go())

@@ -9,34 +9,20 @@ shortcuts.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import holidays
 
-from store.engine import Database
 from store.models import ArticleKind, Status
 from store.service import Actor, ArticleInput, Service
+from tests.cli.conftest import with_service
 
 Cli = Callable[..., Any]
-
-
-def _with_service(url: str, body: Callable[[Service], Awaitable[Any]], now: datetime) -> Any:
-    """Run `body` on the store with the service clock at `now` (to make tickets in the past)."""
-
-    async def go() -> Any:
-        db = Database(url)
-        try:
-            return await body(Service(db, clock=lambda: now))
-        finally:
-            await db.dispose()
-
-    return asyncio.run(go())
 
 
 def _mail_ticket(url: str, when: datetime, sender: str, queue: str = "Support") -> int:
@@ -52,7 +38,7 @@ def _mail_ticket(url: str, when: datetime, sender: str, queue: str = "Support") 
         )
         return int(t.number)
 
-    number: int = _with_service(url, body, when)
+    number: int = with_service(url, body, when)
     return number
 
 
@@ -61,7 +47,7 @@ def _solve(url: str, number: int, when: datetime) -> None:
         anna = await service.agent("anna")
         await service.update_ticket(Actor("agent", "anna", anna.id), number, status=Status.SOLVED)
 
-    _with_service(url, body, when)
+    with_service(url, body, when)
 
 
 # --------------------------------------------------------------------------- calendars
@@ -421,6 +407,6 @@ def test_acknowledgement_set_by_the_cli_is_the_one_mail_sends(store: Any, cli: C
                 )
         return results
 
-    first, second = _with_service(store.url, ack_twice, datetime.now(UTC))
+    first, second = with_service(store.url, ack_twice, datetime.now(UTC))
     assert first == "acknowledgement queued"
     assert "already sent" in second, "the CLI's --ack-limit 1 is honoured"

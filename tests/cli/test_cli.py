@@ -7,7 +7,6 @@ HELPDESK_DB / HELPDESK_AGENT), `new_ticket` and `show` are shortcuts.
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import grp
 import json
@@ -16,33 +15,21 @@ import sqlite3
 import stat
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from store.engine import Database, StoreError, check_not_network_fs
+from store.engine import StoreError, check_not_network_fs
 from store.models import Status
 from store.service import Actor, Service
+from tests.cli.conftest import with_service
 
 REPO = Path(__file__).resolve().parents[2]
 
 Cli = Callable[..., Any]
-
-
-def _with_service(url: str, body: Callable[[Service], Awaitable[Any]], now: datetime) -> Any:
-    """Run `body` on the store with the service clock set to `now` (to make the past)."""
-
-    async def go() -> Any:
-        db = Database(url)
-        try:
-            return await body(Service(db, clock=lambda: now))
-        finally:
-            await db.dispose()
-
-    return asyncio.run(go())
 
 
 def _parse_time(value: str) -> datetime:
@@ -890,7 +877,7 @@ def test_tick_wakes_postponed_tickets_whose_time_passed(
             Actor("agent", "anna", agent.id), due, postpone_until=past + timedelta(hours=1)
         )
 
-    _with_service(store.url, postpone_in_the_past, past)
+    with_service(store.url, postpone_in_the_past, past)
     assert show(due)["status"] == "postponed"
 
     res = cli("tick", "--json").ok().json()
@@ -912,7 +899,7 @@ def test_tick_closes_tickets_solved_long_ago(
         agent = await service.agent("anna")
         await service.update_ticket(Actor("agent", "anna", agent.id), old, status=Status.SOLVED)
 
-    _with_service(store.url, solve, eight_days_ago)
+    with_service(store.url, solve, eight_days_ago)
     cli("ticket", "update", str(recent), "--status", "solved").ok()
     assert cli("tick", "--json").ok().json() == {"woken": [], "closed": [old]}
     assert show(old)["status"] == "closed"
