@@ -241,7 +241,10 @@ class HelpdeskApp(App[None]):
         self.workers.cancel_all()
         if self._service is None:
             return  # a fast start quit before its store was open: nothing to close
+        from store.engine import settle_writes
+
         db = self._service.db
+        await settle_writes(QUIT_STEP_TIMEOUT)  # a presence or draft write in flight
         db.interrupt()
         if self._feed is not None:
             with contextlib.suppress(Exception):

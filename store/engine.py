@@ -229,6 +229,18 @@ async def finish_write(write: Awaitable[_T]) -> _T:
     return await asyncio.shield(task)
 
 
+async def settle_writes(timeout: float) -> None:
+    """Give the writes still finishing on this loop (`finish_write`) up to `timeout` seconds,
+    then cancel the rest: called before a pool is closed, which would strand them."""
+    loop = asyncio.get_running_loop()
+    pending = [t for t in _finishing if not t.done() and t.get_loop() is loop]
+    if not pending:
+        return
+    _done, rest = await asyncio.wait(pending, timeout=timeout)
+    for task in rest:
+        task.cancel()
+
+
 def sqlite_sidecar_files(path: Path) -> list[Path]:
     """The database file and its WAL/SHM companions."""
     return [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
