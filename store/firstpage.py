@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from store.labels import DEFAULT_LABELS
 from store.revision import head_revision
 from store.rows import TicketRow
 
@@ -43,18 +44,6 @@ _NEXT_ORDER = (
     f"coalesce(tickets.last_customer_at, {_FAR}), tickets.id"
 )
 _TAG_SEPARATOR = "\x1f"
-#: `store.lifecycle.DEFAULT_LABELS` (that module imports the ORM); a test keeps them equal.
-DEFAULT_LABELS: dict[str, str] = {
-    "new": "New",
-    "open": "Open",
-    "answered": "Answered",
-    "pending": "Pending",
-    "on-hold": "On hold",
-    "postponed": "Postponed",
-    "solved": "Solved",
-    "closed": "Closed",
-    "merged": "Merged",
-}
 
 #: Two plans for one result. The sort reads every active ticket of the agent from the table
 #: and sorts them (store.listing's plan: cost ~ how many they have, 0.5 s for 59k on the 1M

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from store.labels import DEFAULT_LABELS as DEFAULT_LABELS  # re-exported
 from store.models import Level, Priority, Status
 
 S = Status
@@ -27,17 +28,6 @@ REOPENED_BY_CUSTOMER: frozenset[Status] = frozenset(
     {S.NEW, S.ANSWERED, S.PENDING, S.ON_HOLD, S.POSTPONED, S.SOLVED}
 )
 
-DEFAULT_LABELS: dict[str, str] = {
-    "new": "New",
-    "open": "Open",
-    "answered": "Answered",
-    "pending": "Pending",
-    "on-hold": "On hold",
-    "postponed": "Postponed",
-    "solved": "Solved",
-    "closed": "Closed",
-    "merged": "Merged",
-}
 
 L, P = Level, Priority
 
