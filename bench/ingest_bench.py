@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+#: `--compare TREE` runs each helpdesk ingest in a child process importing the code of TREE
+#: (e.g. a checkout of the commit before a change), so both are measured in the same run.
+sys.path.insert(0, os.environ.get("HELPDESK_BENCH_CODE") or str(ROOT))
 
 from sqlalchemy import func, select  # noqa: E402
 
@@ -247,6 +249,21 @@ async def run_helpdesk(
     }
 
 
+def run_child(tree: Path, url: str, acct: ImapAccount, batch: int, ack: bool) -> dict[str, Any]:
+    """`run_helpdesk` in a new interpreter importing the code of `tree` (see `--compare`)."""
+    job = {"url": url, "batch": batch, "ack": ack, **acct._asdict()}
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)],
+        env={**os.environ, "HELPDESK_BENCH_CODE": str(tree.resolve())},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    out["code"] = str(tree)
+    return out
+
+
 def run_mbsync(acct: ImapAccount, work: Path) -> float:
     """mbsync pulling INBOX into a fresh Maildir (default FSync yes)."""
     box = work / "maildir"
@@ -326,7 +343,20 @@ def main() -> None:
         "--ack", action="store_true", help="the queue sends acknowledgements (3 per sender/hour)"
     )
     ap.add_argument("--out", type=Path, default=DATA / "ingest-results.json")
+    ap.add_argument(
+        "--compare",
+        type=Path,
+        help="also ingest with the code of this tree (runs alternate, each in a child process)",
+    )
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:  # one ingest for --compare: JSON in, JSON out
+        job = json.loads(args.child)
+        os.environ[PASSWORD_VAR] = job["password"]
+        acct = ImapAccount(job["host"], job["port"], job["user"], job["password"])
+        out = asyncio.run(run_helpdesk(job["url"], acct, job["batch"], None, job["ack"]))
+        print(json.dumps(out))
+        return
 
     DATA.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -342,6 +372,8 @@ def main() -> None:
         "runs": {},
     }
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    if args.compare:
+        backends = [x for b in backends for x in (b, f"{b}@compare")]
     pg = None
     with DovecotServer() as dovecot:
         acct = dovecot.account()
@@ -361,7 +393,7 @@ def main() -> None:
                         secs = run_mbsync(acct, work / "mbsync")
                         entry.update(seconds=secs, count=mbsync_count(work / "mbsync"))
                     else:
-                        if what == "sqlite":
+                        if what.startswith("sqlite"):
                             url = f"sqlite+aiosqlite:///{work / f'store-{run}.db'}"
                         else:
                             assert pg is not None
@@ -371,10 +403,14 @@ def main() -> None:
                             if (args.profile and run == 0 and what == "sqlite")
                             else None
                         )
-                        entry.update(
-                            asyncio.run(run_helpdesk(url, acct, args.batch, prof, args.ack))
-                        )
-                        if what == "sqlite":
+                        if args.compare:
+                            tree = args.compare if what.endswith("@compare") else ROOT
+                            entry.update(run_child(tree, url, acct, args.batch, args.ack))
+                        else:
+                            entry.update(
+                                asyncio.run(run_helpdesk(url, acct, args.batch, prof, args.ack))
+                            )
+                        if what.startswith("sqlite"):
                             for p in work.glob(f"store-{run}.db*"):
                                 p.unlink()
                     entry["load_after"] = load()

@@ -278,7 +278,7 @@ def account_add(
 
 def _size_limits(max_message_mb: float | None, max_attachment_mb: float | None) -> dict[str, int]:
     """Account settings for the size limits given in MB (None: keep the default)."""
-    from mail_sync.ingest import MB
+    from mail_sync.prepare import MB
 
     limits = {"max_message_bytes": max_message_mb, "max_attachment_bytes": max_attachment_mb}
     return {k: int(v * MB) for k, v in limits.items() if v is not None}
@@ -286,7 +286,7 @@ def _size_limits(max_message_mb: float | None, max_attachment_mb: float | None) 
 
 def _limits_text(a: acc.AccountInfo) -> str:
     from mail_sync.engine import SyncSettings
-    from mail_sync.ingest import human_size
+    from mail_sync.prepare import human_size
 
     limits = SyncSettings.for_account(a)
     return (
@@ -616,7 +616,7 @@ def quarantine_show(
         sys.stdout.buffer.write(q.raw)
         sys.stdout.buffer.flush()
         return
-    from mail_sync.ingest import split_header
+    from mail_sync.prepare import split_header
 
     out.print(
         Text(f"Quarantine entry {q.id} ({q.status}), since {q.created_at:%Y-%m-%d %H:%M} UTC")

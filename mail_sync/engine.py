@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import fcntl
 import functools
 import logging
@@ -35,9 +34,7 @@ import multiprocessing
 import os
 import random
 import re
-import signal
 import ssl
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -62,11 +59,8 @@ from mail_sync.ingest import (
     Ingestor,
     IngestResult,
     IngestSummary,
-    MailSource,
-    human_size,
-    prepare_many,
 )
-from mail_sync.parse import warm_up
+from mail_sync.prepare import MailSource, human_size, parse_worker_init, prepare_many
 from store.config import Config
 from store.engine import Database, StoreError, sqlite_path
 from store.models import Article, MailFolderState, MailHeartbeat, MailSeen, Quarantine
@@ -497,11 +491,11 @@ class SyncEngine:
             return None
         if self._pool is None and backlog >= self.settings.parse_pool_min:
             # spawn: fresh interpreters (never a fork of this multi-threaded process), each
-            # the engine's own child, so they can die with it (see _parse_worker_init).
+            # the engine's own child, so they can die with it (see parse_worker_init).
             self._pool = ProcessPoolExecutor(
                 max_workers=self.settings.parse_workers,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_parse_worker_init,
+                initializer=parse_worker_init,
                 initargs=(os.getpid(), tuple(self.config.languages)),
             )
         return self._pool
@@ -1239,22 +1233,6 @@ class SyncEngine:
                 await conn.call(client.noop)
             if time.monotonic() - self._last_beat > st.heartbeat_interval:
                 await self._heartbeat(success=True)
-
-
-def _parse_worker_init(parent: int, languages: Sequence[str]) -> None:
-    """Start-up of a parse worker: die with the engine's process even when that is killed
-    with SIGKILL (Linux PR_SET_PDEATHSIG; a crashed daemon leaves no workers behind), and
-    load the language model and charset detector now rather than in the first parse."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the engine died before prctl took effect
-        os._exit(1)
-    warm_up(languages)
-
-
-_PR_SET_PDEATHSIG = 1
 
 
 def _is_change(response: Any) -> bool:

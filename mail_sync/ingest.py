@@ -24,7 +24,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mail_sync import csat
 from mail_sync import threading as mail_threading
-from mail_sync.parse import DEFAULT_LANGUAGES, ParsedMail, ParseError, ParseLimits, parse_mail
+from mail_sync.parse import DEFAULT_LANGUAGES, ParsedMail, ParseLimits
+from mail_sync.prepare import (
+    MB,
+    IncomingMail,
+    MailSource,
+    PrepareJob,
+    prepare_mail,
+    split_header,
+)
 from store.bulk_ingest import ArticleSlot, MailBatchWriter, TicketSlot, in_values
 from store.engine import StoreError
 from store.models import (
@@ -49,7 +57,6 @@ from store.templates import render
 
 log = logging.getLogger("helpdesk.mail.ingest")
 
-MB = 1024 * 1024
 #: A message larger than this is ingested with its header only (and a note naming what was
 #: left out); the full message stays on the server.
 DEFAULT_MAX_MESSAGE_BYTES = 50 * MB
@@ -62,41 +69,6 @@ SEGMENT_WINDOW = 250
 #: PostgreSQL: one transaction-level advisory lock serialises all mail ingestion, so two
 #: daemons (or a daemon and an import) cannot both miss each other's Message-ID.
 PG_INGEST_LOCK = (0x4D41494C, 0)  # "MAIL", 0
-
-
-@dataclass(frozen=True)
-class MailSource:
-    """Where a raw mail came from (IMAP folder+UID, an mbox entry, a file...)."""
-
-    kind: str
-    label: str
-    account_id: int | None = None
-    folder: str | None = None
-    uidvalidity: int | None = None
-    uid: int | None = None
-
-    @property
-    def seen_key(self) -> tuple[int, str, int, int] | None:
-        if (
-            self.account_id is None
-            or self.folder is None
-            or self.uidvalidity is None
-            or self.uid is None
-        ):
-            return None
-        return (self.account_id, self.folder, self.uidvalidity, self.uid)
-
-
-@dataclass
-class IncomingMail:
-    """A raw mail with its parse result (or the parse error)."""
-
-    raw: bytes
-    source: MailSource
-    parsed: ParsedMail | None = None
-    error: str | None = None
-    #: Set when the body was left out because of the message size limit.
-    omitted: str | None = None
 
 
 @dataclass
@@ -168,25 +140,11 @@ class _Context:
     ack_settings: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-def split_header(raw: bytes) -> bytes:
-    """The header block of a raw message (up to and including the blank line)."""
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        idx = raw.find(sep)
-        if idx >= 0:
-            return raw[: idx + len(sep)]
-    return raw[: 256 * 1024]
-
-
-def human_size(n: int) -> str:
-    if n >= MB:
-        return f"{n / MB:.1f} MB"
-    if n >= 1024:
-        return f"{n / 1024:.0f} kB"
-    return f"{n} bytes"
+_NAME_JUNK = re.compile(r'[\\"<>,;\x00-\x1f\x7f]')
 
 
 def _fmt_addr(name: str, addr: str) -> str:
-    name = re.sub(r'[\\"<>,;\x00-\x1f\x7f]', "", name or "").strip()
+    name = _NAME_JUNK.sub("", name).strip() if name else ""
     return f'"{name}" <{addr}>' if name and addr else addr or name
 
 
@@ -374,62 +332,6 @@ def _is_db_failure(exc: BaseException) -> bool:
     if isinstance(exc, OperationalError | InterfaceError):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
-
-
-def prepare_mail(
-    raw: bytes,
-    source: MailSource,
-    omitted: str | None,
-    limits: ParseLimits,
-    languages: Sequence[str],
-    max_message_bytes: int,
-) -> IncomingMail:
-    """`Ingestor.prepare` as a plain function (CPU only, no store): raw bytes -> IncomingMail."""
-    raw = bytes(raw)
-    if omitted is None and len(raw) > max_message_bytes:
-        omitted = (
-            f"the message is {human_size(len(raw))}, over the "
-            f"{human_size(max_message_bytes)} limit: only its header was kept"
-        )
-        raw = split_header(raw)
-    item = IncomingMail(raw=raw, source=source, omitted=omitted)
-    try:
-        item.parsed = parse_mail(raw, limits=limits, languages=languages)
-    except ParseError as exc:
-        item.error = f"parse error: {exc}"
-    except RecursionError:
-        item.error = "parse error: MIME structure too deeply nested"
-    except Exception as exc:  # noqa: BLE001 - a parser bug must not lose the mail
-        item.error = f"parser crashed: {type(exc).__name__}: {exc}"
-    return item
-
-
-@dataclass(frozen=True)
-class PrepareJob:
-    """Parse settings that travel to a worker process (see `prepare_many`)."""
-
-    limits: ParseLimits
-    languages: tuple[str, ...]
-    max_message_bytes: int
-
-
-def prepare_many(
-    job: PrepareJob,
-    mails: Sequence[tuple[bytes, MailSource, str | None]],
-    *,
-    return_raw: bool = True,
-) -> list[IncomingMail]:
-    """Parse many mails (in a worker process of the sync engine's parse pool).
-
-    `return_raw=False`: an item whose raw bytes are the ones given comes back with `raw`
-    None (the caller has them; not pickled back); one cut to its header keeps its `raw`."""
-    out = []
-    for raw, src, omitted in mails:
-        item = prepare_mail(raw, src, omitted, job.limits, job.languages, job.max_message_bytes)
-        if not return_raw and item.raw is raw:
-            item.raw = None  # type: ignore[assignment]
-        out.append(item)
-    return out
 
 
 class Ingestor:

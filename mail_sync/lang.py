@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib.metadata
+import logging
+import os
 import re
 import threading
+from array import array
 from collections.abc import Sequence
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
+import platformdirs
+
 __all__ = ["DEFAULT_LANGUAGES", "MIN_CONFIDENCE", "detect_language", "supported", "warm_up"]
+
+log = logging.getLogger("helpdesk.mail.lang")
 
 DEFAULT_LANGUAGES: tuple[str, ...] = ("en", "lv", "ru", "ar", "ms", "lt", "de", "fr", "es")
 
@@ -26,8 +36,10 @@ _NOISE = re.compile(
     r"|\d+",  # numbers, dates, times
     re.IGNORECASE,
 )
+#: `_NOISE` for a text without "@" (the address branch is tried at every position: slow).
+_NOISE_NO_AT = re.compile(r"(?:https?://|www\.)\S+|\d+", re.IGNORECASE)
 
-_LETTER = re.compile(r"[^\W\d_]")
+_NOT_LETTERS = re.compile(r"[\W\d_]+")
 _SCRIPT_RANGES = {
     "latin": "A-Za-z\u00c0-\u024f\u1e00-\u1eff",
     "cyrillic": "\u0400-\u052f",
@@ -49,15 +61,16 @@ for _code in ("ar", "fa", "ur", "ps", "ku"):
 
 
 @lru_cache(maxsize=16)
-def _script_filter(languages: tuple[str, ...]) -> re.Pattern[str] | None:
-    """Letters written in a script of the configured languages; None when a script is unknown."""
+def _script_filter(languages: tuple[str, ...]) -> tuple[re.Pattern[str], bool] | None:
+    """Runs of characters outside the scripts of the configured languages, and whether Latin
+    is one of them; None when a script is unknown."""
     ranges: set[str] = set()
     for code in languages:
         script = _LANGUAGE_SCRIPT.get(code)
         if script is None:
             return None
         ranges.add(_SCRIPT_RANGES[script])
-    return re.compile("[" + "".join(sorted(ranges)) + "]")
+    return re.compile("[^" + "".join(sorted(ranges)) + "]+"), _SCRIPT_RANGES["latin"] in ranges
 
 
 _base_lock = threading.Lock()
@@ -65,15 +78,90 @@ _base: Any = None
 
 
 def _base_identifier() -> Any:
-    """The full py3langid model, loaded once (about half a second)."""
+    """The full py3langid model, loaded once per process."""
     global _base
     if _base is None:
         with _base_lock:
             if _base is None:
-                from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-                _base = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+                _base = _load_model()
     return _base
+
+
+def model_cache_path() -> Path | None:
+    """Where the unpacked model is kept (`$HELPDESK_CACHE_DIR` or the user cache directory)."""
+    try:
+        version = importlib.metadata.version("py3langid")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    folder = os.environ.get("HELPDESK_CACHE_DIR") or platformdirs.user_cache_dir("helpdesk")
+    return Path(folder) / f"py3langid-{version}-model.npz"
+
+
+_CACHED = ("ptc", "pc", "classes", "nextmove", "row", "output")
+
+
+def _load_model() -> Any:
+    """py3langid's model. It ships LZMA-packed (unpacking takes ~0.7 s, in every parse worker
+    of every sync); the unpacked arrays are kept in the cache directory and read back in a
+    fraction of that. Any problem with the cache falls back to the packed model."""
+    import numpy as np
+    from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
+    from py3langid.modelio import load_model
+
+    path = model_cache_path()
+    if path is not None and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                ptc, pc, classes, nextmove, row, output = (data[k] for k in _CACHED)
+                return LanguageIdentifier(
+                    ptc,
+                    pc,
+                    classes.tolist(),
+                    _as_array(nextmove),
+                    output.tolist(),
+                    norm_probs=True,
+                    tk_row=_as_array(row),
+                )
+        except Exception as exc:  # noqa: BLE001 - a bad cache file only costs the slow load
+            log.warning("event=language-model-cache-unreadable path=%s error=%r", path, exc)
+    ptc, pc, classes, nextmove, row, output = load_model(MODEL_DIR / MODEL_FILE)
+    ident = LanguageIdentifier(
+        np.asarray(ptc), np.asarray(pc), classes, nextmove, output, norm_probs=True, tk_row=row
+    )
+    if path is not None:
+        arrays = {
+            "ptc": np.asarray(ptc),
+            "pc": np.asarray(pc),
+            "classes": np.asarray(classes),
+            "nextmove": np.frombuffer(nextmove, dtype=f"u{nextmove.itemsize}"),
+            "row": np.frombuffer(row, dtype=f"u{row.itemsize}"),
+            "output": np.asarray(output, dtype=np.int64),
+        }
+        _write_cache(path, arrays)
+    return ident
+
+
+def _write_cache(path: Path, arrays: dict[str, Any]) -> None:
+    """Write the unpacked model (atomically: readers never see half a file); best effort."""
+    import numpy as np
+
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as out:
+            np.savez(out, **arrays)  # type: ignore[arg-type]
+        os.replace(tmp, path)
+    except OSError as exc:  # e.g. a read-only home: keep loading the packed model
+        log.info("event=language-model-cache-not-written path=%s error=%r", path, exc)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _as_array(values: Any) -> array:
+    """A NumPy unsigned integer vector as the stdlib array py3langid walks (fast indexing)."""
+    out = array({2: "H", 4: "I", 8: "L"}[values.dtype.itemsize])
+    out.frombytes(values.tobytes())
+    return out
 
 
 @lru_cache(maxsize=16)
@@ -113,12 +201,18 @@ def detect_language(text: str, languages: Sequence[str] = DEFAULT_LANGUAGES) -> 
     key = _key(languages)
     if not key:
         return None
-    sample = _NOISE.sub(" ", text[: SAMPLE_CHARS + 500])[:SAMPLE_CHARS]
-    letters = len(_LETTER.findall(sample))
+    head = text[: SAMPLE_CHARS + 500]
+    sample = (_NOISE if "@" in head else _NOISE_NO_AT).sub(" ", head)[:SAMPLE_CHARS]
+    letters = len(_NOT_LETTERS.sub("", sample))
     if letters < MIN_LETTERS:
         return None
     script = _script_filter(key)
-    if script is not None and len(script.findall(sample)) * 2 < letters:
+    # ASCII letters are Latin: a plain ASCII text passes when Latin is configured.
+    if (
+        script is not None
+        and not (script[1] and sample.isascii())
+        and len(script[0].sub("", sample)) * 2 < letters
+    ):
         return None  # mostly written in a script none of the languages uses (e.g. Japanese)
     if len(key) == 1:
         return key[0] if key[0] in set(_base_identifier().labels) else None

@@ -20,10 +20,11 @@ import codecs
 import email.utils
 import hashlib
 import html as html_lib
+import operator
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from email.message import Message
 from email.parser import BytesParser
@@ -98,6 +99,9 @@ class Attachment:
     inline: bool = False
     content_id: str | None = None
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (Attachment, _attachment_values(self))
+
 
 @dataclass(frozen=True, slots=True)
 class ParsedMail:
@@ -129,6 +133,15 @@ class ParsedMail:
     warnings: list[str]
     truncated_parts: list[str]
     headers: list[tuple[str, str]]
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Pickled as the constructor's arguments: parse workers send thousands a second, and
+        # a frozen dataclass's default state restore sets every field in a Python loop.
+        return (ParsedMail, _parsed_values(self))
+
+
+_attachment_values = operator.attrgetter(*(f.name for f in fields(Attachment)))
+_parsed_values = operator.attrgetter(*(f.name for f in fields(ParsedMail)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,34 +239,54 @@ def _parse_simple(raw: bytes) -> Message | None:
         or _LONE_CR.search(text, body_start) is not None
     ):
         return None
-    # Line starts are after LF only (no lone CR): MULTILINE ^ finds every boundary line.
-    lines = re.compile(
-        "^" + re.escape("--" + boundary) + r"(--)?[ \t]*(?:\r\n|\n|\Z)", re.MULTILINE
-    )
-    found = list(lines.finditer(text, body_start))
-    if not found or found[0].group(1) is not None:
+    found = _boundary_lines(text, body_start, "--" + boundary)
+    if not found or found[0][2]:
         return None  # no start boundary
-    if found[0].start() > body_start:
-        msg.preamble = _strip_eol(text[body_start : found[0].start()])
+    if found[0][0] > body_start:
+        msg.preamble = _strip_eol(text[body_start : found[0][0]])
     close = None
     for sep, nxt in zip(found, found[1:], strict=False):
-        if nxt.start() == sep.end():
+        if nxt[0] == sep[1]:
             return None  # consecutive boundary lines
-        part = _header_block(text, sep.end(), nxt.start())
+        part = _header_block(text, sep[1], nxt[0])
         if part is None:
             return None
         sub, sub_body = part
         if sub.get_content_maintype() in ("multipart", "message"):
             return None
-        sub.set_payload(_strip_eol(text[sub_body : nxt.start()]))
+        sub.set_payload(_strip_eol(text[sub_body : nxt[0]]))
         msg.attach(sub)
-        if nxt.group(1) is not None:
+        if nxt[2]:
             close = nxt
             break
     if close is None:
         return None  # no closing boundary
-    msg.epilogue = text[close.end() :]
+    msg.epilogue = text[close[1] :]
     return msg
+
+
+_BOUNDARY_TAIL = re.compile(r"[ \t]*(?:\r\n|\n|\Z)")
+
+
+def _boundary_lines(text: str, start: int, delimiter: str) -> list[tuple[int, int, bool]]:
+    """(start, end, closing) of every line `delimiter` [`--`] [blanks] at or after `start`:
+    what `^--boundary(--)?[ \\t]*(?:\\r\\n|\\n|\\Z)` with
+    MULTILINE finds when no lone CR is left, without compiling a pattern per message."""
+    found: list[tuple[int, int, bool]] = []
+    size = len(delimiter)
+    pos = start
+    while (at := text.find(delimiter, pos)) >= 0:
+        pos = at + 1
+        if at > 0 and text[at - 1] != "\n":
+            continue  # not at a line start
+        after = at + size
+        closing = text.startswith("--", after)
+        tail = _BOUNDARY_TAIL.match(text, after + 2 if closing else after)
+        if tail is None:
+            continue
+        found.append((at, tail.end(), closing))
+        pos = tail.end()
+    return found
 
 
 # For re-serialising attached messages: no ">From " mangling, no re-folding, CRLF like a .eml.

@@ -50,6 +50,7 @@ from store.models import (
     Outbox,
     Status,
     Ticket,
+    UTCDateTime,
 )
 
 if TYPE_CHECKING:
@@ -89,9 +90,46 @@ def in_values(dialect: str, column: Any, values: Sequence[Any]) -> ColumnElement
     return cast(ColumnElement[bool], column.in_(list(values)))
 
 
-#: (SQL, per-column value makers) of a plain SQLite executemany, by (table, row keys).
-_InsertPlan = tuple[str, list[tuple[str | None, Any, Callable[[Any], Any] | None]]]
+#: (SQL, row -> bound values) of a plain SQLite executemany, by (table, row keys).
+_InsertPlan = tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]
 _INSERT_PLANS: dict[tuple[str, tuple[str, ...]], _InsertPlan | None] = {}
+
+
+def _memoised(proc: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A datetime bind processor remembering its last results: most timestamps of a batch are
+    the same `now` (formatting one costs microseconds; there are several per row)."""
+    seen: dict[Any, Any] = {}
+
+    def process(value: Any) -> Any:
+        try:
+            return seen[value]
+        except KeyError:
+            if len(seen) >= 1024:
+                seen.clear()
+            out = seen[value] = proc(value)
+            return out
+
+    return process
+
+
+def _row_maker(
+    makers: list[tuple[str | None, Any, Callable[[Any], Any] | None]],
+) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """One function building a row's bound values (a generator over the columns per row was
+    a tenth of the bulk writer's CPU): `lambda row: (p0(row['a']), row['b'], c2, ...)`."""
+    env: dict[str, Any] = {}
+    parts: list[str] = []
+    for i, (key, const, proc) in enumerate(makers):
+        if key is None:
+            env[f"c{i}"] = const
+            parts.append(f"c{i}")
+        elif proc is None:
+            parts.append(f"row[{key!r}]")
+        else:
+            env[f"p{i}"] = proc
+            parts.append(f"p{i}(row[{key!r}])")
+    source = f"lambda row: ({', '.join(parts)},)"
+    return cast(Callable[[dict[str, Any]], tuple[Any, ...]], eval(source, env))  # noqa: S307
 
 
 def _insert_plan(dialect: Dialect, table: Table, keys: tuple[str, ...]) -> _InsertPlan | None:
@@ -107,7 +145,9 @@ def _insert_plan(dialect: Dialect, table: Table, keys: tuple[str, ...]) -> _Inse
     makers: list[tuple[str | None, Any, Callable[[Any], Any] | None]] = []
     ok = True
     for col in table.columns:
-        proc = col.type.dialect_impl(dialect).bind_processor(dialect)
+        proc: Callable[[Any], Any] | None = col.type.dialect_impl(dialect).bind_processor(dialect)
+        if proc is not None and isinstance(col.type, UTCDateTime):
+            proc = _memoised(proc)
         if col.key in keys:
             cols.append(col.name)
             makers.append((col.key, None, proc))
@@ -124,7 +164,7 @@ def _insert_plan(dialect: Dialect, table: Table, keys: tuple[str, ...]) -> _Inse
             f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in cols)}) "
             f"VALUES ({', '.join('?' for _ in cols)})"
         )
-        plan = (sql, makers)
+        plan = (sql, _row_maker(makers))
     else:
         plan = None
     _INSERT_PLANS[cache_key] = plan
@@ -204,13 +244,17 @@ class MailBatchWriter:
     _prepare: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     outbox: list[tuple[ArticleSlot, dict[str, Any]]] = field(default_factory=list)
     _priority: int | None = None
+    _started: datetime | None = None
 
     @property
     def dialect(self) -> str:
         return self.service.db.dialect
 
     def _now(self) -> datetime:
-        return self.service.clock()
+        """The batch's time: one clock reading for every row it writes (one transaction)."""
+        if self._started is None:
+            self._started = self.service.clock()
+        return self._started
 
     def __len__(self) -> int:
         return len(self.articles) + len(self.seen)
@@ -224,17 +268,8 @@ class MailBatchWriter:
             conn = await self.session.connection()
             plan = _insert_plan(conn.dialect, table, tuple(rows[0]))
             if plan is not None:
-                sql, makers = plan
-                params = [
-                    tuple(
-                        (proc(row[key]) if proc is not None else row[key])
-                        if key is not None
-                        else const
-                        for key, const, proc in makers
-                    )
-                    for row in rows
-                ]
-                await conn.exec_driver_sql(sql, params)
+                sql, make = plan
+                await conn.exec_driver_sql(sql, list(map(make, rows)))
                 return
         await self.session.execute(insert(table), rows)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -54,3 +57,18 @@ async def service(db_url: str, clock: FakeClock) -> AsyncIterator[Service]:
     await upgrade(db)
     yield Service(db, clock=clock)
     await db.dispose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir() -> Iterator[Path]:
+    """The helpdesk cache (the unpacked language model) in a directory of this test run, not
+    the user's; sync parse workers inherit it."""
+    path = Path(tempfile.mkdtemp(prefix="helpdesk-test-cache-"))
+    before = os.environ.get("HELPDESK_CACHE_DIR")
+    os.environ["HELPDESK_CACHE_DIR"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("HELPDESK_CACHE_DIR", None)
+    else:
+        os.environ["HELPDESK_CACHE_DIR"] = before
+    shutil.rmtree(path, ignore_errors=True)

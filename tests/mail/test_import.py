@@ -184,10 +184,10 @@ def test_import_errors_are_one_line(url: str, cli: CliRunner, tmp_path: Path) ->
 def test_quarantine_list_show_retry_release_and_explain(
     url: str, cli: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mail_sync.ingest as ingest_mod
+    import mail_sync.prepare as prepare_mod
     from mail_sync.parse import ParseError
 
-    real = ingest_mod.parse_mail
+    real = prepare_mod.parse_mail
     broken = {"on": True}
 
     def flaky(raw: bytes, **kw: object) -> object:
@@ -195,7 +195,7 @@ def test_quarantine_list_show_retry_release_and_explain(
             raise ParseError("MIME part limit exceeded")
         return real(raw, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ingest_mod, "parse_mail", flaky)
+    monkeypatch.setattr(prepare_mod, "parse_mail", flaky)
     app = app_for(url)
     for name, subject in (("a.eml", "POISON one"), ("b.eml", "POISON two"), ("ok.eml", "fine")):
         (tmp_path / name).write_bytes(mail(subject, msgid=f"<{name}@example.org>"))

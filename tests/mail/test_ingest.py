@@ -12,7 +12,7 @@ from email.utils import make_msgid
 import pytest
 from sqlalchemy import func, select
 
-import mail_sync.ingest as ingest_mod
+import mail_sync.prepare as prepare_mod
 from mail_sync.ingest import Ingestor, IngestResult, MailSource
 from mail_sync.parse import ParseError
 from store.bulk_ingest import MailBatchWriter
@@ -151,14 +151,14 @@ async def test_no_message_id_dedupes_by_content(service: Service) -> None:
 async def test_parse_failure_is_quarantined_and_blocks_nothing(
     service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = ingest_mod.parse_mail
+    real = prepare_mod.parse_mail
 
     def flaky(raw: bytes, **kw: object) -> object:
         if b"POISON" in raw:
             raise ParseError("time limit of 10s exceeded during MIME parsing")
         return real(raw, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(ingest_mod, "parse_mail", flaky)
+    monkeypatch.setattr(prepare_mod, "parse_mail", flaky)
     poison = mail(subject="POISON", msgid="poison@example.com")
     results = await ingest(service, mail(subject="before"), poison, mail(subject="after"))
     assert [r.outcome for r in results] == ["created", "quarantined", "created"]

@@ -1061,6 +1061,10 @@ def _shapes() -> list[bytes]:
         b'Content-Type: multipart/alternative; boundary="q"\r\n\r\n--q\r\nX: 1\r\n--q--',
         b"Content-Type: multipart/mixed; boundary=b\n\n--b\n--b\nA\n--b--\n",  # doubled
         b"Content-Type: multipart/mixed; boundary=b\n\n--b\nA\n",  # never closed
+        # boundary look-alikes: mid-line, a longer boundary, text after the closing dashes
+        b"Content-Type: multipart/mixed; boundary=b\n\n--b \t\nA x--b\n--bb\n--b--x\n"
+        b"--b\n\nB\n--b--",
+        b"Content-Type: multipart/mixed; boundary=b\n\n--b\n\nA\n--b-- \n--b\nlater\n",
         b"Content-Type: multipart/mixed; boundary=b\n\n--b--\n",  # closed before it opens
         b"Content-Type: multipart/mixed; boundary=b\r\rx\r--b\rA\r--b--\r",  # CR only
         b"Content-Type: multipart/mixed; boundary=b\nContent-Transfer-Encoding: base64\n\n"
