@@ -101,6 +101,7 @@ async def import_mail(
         languages=cfg.languages,
         default_queue=queue,
         own_addresses=list(own_addresses),
+        mail_dates=True,
     )
     summary = IngestSummary()
     for batch in _batches(mails, max(1, batch_size)):

@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -62,6 +62,8 @@ log = logging.getLogger("helpdesk.mail.ingest")
 DEFAULT_MAX_MESSAGE_BYTES = 50 * MB
 #: Attachments larger than this are left out of the ticket (with a note naming them).
 DEFAULT_MAX_ATTACHMENT_BYTES = 25 * MB
+#: An imported (old) mail is never acknowledged: the customer wrote it long ago.
+IMPORTED_NO_ACK = "acknowledgement not sent: imported mail"
 #: How many duplicate deliveries an article remembers (for `mail explain`).
 MAX_DUPLICATES_RECORDED = 20
 #: Most mails planned into one bulk write (and looked up together).
@@ -347,8 +349,12 @@ class Ingestor:
         default_queue: str | None = None,
         own_addresses: Sequence[str] = (),
         parse_time_limit: float | None = 10.0,
+        mail_dates: bool = False,
     ) -> None:
+        """`mail_dates`: articles (and the tickets they open) are dated by the mail's Date
+        header instead of the time of ingest: for imports of old mail."""
         self.service = service
+        self.mail_dates = mail_dates
         self.db = service.db
         self.languages = tuple(languages)
         self.max_message_bytes = max_message_bytes
@@ -944,7 +950,9 @@ class Ingestor:
                 return False  # no such queue: the one-by-one path reports it
             meta["threading"] = decided
             meta["queue"] = queue_reason
-            if queue_id is not None and queue_id in ctx.ack_queues:
+            if queue_id is not None and queue_id in ctx.ack_queues and self.mail_dates:
+                meta["ack"] = IMPORTED_NO_ACK
+            elif queue_id is not None and queue_id in ctx.ack_queues:
                 ack = await self._plan_ack(session, ctx, known, item, parsed, auto, queue_id)
                 meta["ack"] = ack[0]
             ticket, slot = writer.new_ticket(
@@ -1263,6 +1271,7 @@ class Ingestor:
     ) -> ArticleInput:
         body, quoted = _body_of(parsed)
         return ArticleInput(
+            created_at=self._mail_time(parsed),
             kind=ArticleKind.EMAIL_IN,
             body=body,
             from_addr=_fmt_addr(parsed.from_name, parsed.from_addr),
@@ -1289,6 +1298,14 @@ class Ingestor:
             ],
             meta=meta,
         )
+
+    def _mail_time(self, parsed: ParsedMail) -> datetime | None:
+        """The mail's own Date for an import (None: the time of ingest). A date in the future
+        (a sender's wrong clock) or before 1990 is not believed."""
+        date = parsed.date
+        if not self.mail_dates or date is None or date.year < 1990:
+            return None
+        return min(date.astimezone(UTC), self.service.clock())
 
     async def _ingest_parsed(
         self, session: AsyncSession, ctx: _Context, item: IncomingMail, parsed: ParsedMail
@@ -1516,6 +1533,9 @@ class Ingestor:
 
         queue = ticket.queue
         if queue is None or not (queue.settings or {}).get("ack"):
+            return
+        if self.mail_dates:
+            article.meta = {**(article.meta or {}), "ack": IMPORTED_NO_ACK}
             return
         outcome = await queue_acknowledgement(
             self.service,

@@ -429,7 +429,10 @@ class MailBatchWriter:
         if article.language:
             ticket.language = article.language
         self._audit(ticket, actor, "customer-replied", None, None, lambda: f"article {slot.id}")
+        before = ticket.updated_at
         self._touch(ticket)
+        if article.created_at is not None and before is not None:
+            ticket.updated_at = max(before, article.created_at)  # an imported reply: its date
         ticket.needs_sla = True
         self._event(ticket, "article", actor)
         return slot

@@ -907,7 +907,10 @@ class Service:
         if data.language:
             t.language = data.language
         self._audit(session, t.id, actor, "customer-replied", None, None, f"article {article.id}")
+        before = t.updated_at
         self._touch(t)
+        if data.created_at is not None and before is not None:
+            t.updated_at = max(before, data.created_at)  # an imported reply: its own date
         await self._sla(session, t)
         await self._event(session, t.id, "article", actor)
         await session.flush()

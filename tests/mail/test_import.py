@@ -18,7 +18,7 @@ from mail_sync.cli import register
 from mail_sync.importer import eml_messages, import_mail, maildir_messages, mbox_messages
 from store.engine import Database
 from store.migrate import upgrade
-from store.models import Article, Quarantine, Ticket
+from store.models import Article, Outbox, Quarantine, Queue, Ticket
 from store.service import Service
 
 CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus"
@@ -146,6 +146,64 @@ def test_import_mbox_with_thread_and_summary(url: str, cli: CliRunner, tmp_path:
     res = cli.invoke(app_for(url), ["import", "mbox", str(tmp_path / "old.mbox"), "--json"])
     assert res.exit_code == 0
     assert '"duplicates": 4' in res.output
+
+
+def test_imported_mail_keeps_its_date_and_is_never_acknowledged(url: str, tmp_path: Path) -> None:
+    """Importing an archive: tickets and articles carry the mails' own dates (a date in the
+    future is not believed), and no acknowledgement goes to customers for old mail."""
+    box = mailbox.mbox(str(tmp_path / "2019.mbox"))
+    box.add(
+        mail("Old VPN issue", msgid="<old-1@example.org>", Date="Tue, 05 Mar 2019 09:15:00 +0100")
+    )
+    box.add(
+        mail(
+            "Re: Old VPN issue",
+            body="Works again, thanks.",
+            In_Reply_To="<old-1@example.org>",
+            Date="Wed, 06 Mar 2019 17:40:00 +0100",
+        )
+    )
+    box.add(mail("Wrong clock", sender="dave@example.org", Date="Mon, 01 Jan 2191 10:00:00 +0000"))
+    box.flush()
+
+    async def run() -> tuple[list[tuple[str, str, str]], list[tuple[str, str, object]], int]:
+        db = Database(url)
+        service = Service(db)
+        try:
+            await service.add_canned("ack", "We got your mail about {{ ticket.subject }}.")
+            async with db.write() as s:
+                queue = (await s.execute(select(Queue))).scalar_one()
+                queue.settings = {"ack": "ack"}
+            await import_mail(db, mbox_messages(tmp_path / "2019.mbox"), kind="mbox")
+            async with db.read() as s:
+                tickets = [
+                    (t.subject, t.created_at.isoformat(), t.updated_at.isoformat())
+                    for t in (await s.execute(select(Ticket).order_by(Ticket.id))).scalars()
+                ]
+                articles = [
+                    (a.subject or "", a.created_at.isoformat(), (a.meta or {}).get("ack"))
+                    for a in (await s.execute(select(Article).order_by(Article.id))).scalars()
+                ]
+                outbox = int(
+                    (await s.execute(select(func.count()).select_from(Outbox))).scalar_one()
+                )
+            return tickets, articles, outbox
+        finally:
+            await db.dispose()
+
+    tickets, articles, outbox = asyncio.run(run())
+    assert tickets[0] == (
+        "Old VPN issue",
+        "2019-03-05T08:15:00+00:00",
+        "2019-03-06T16:40:00+00:00",
+    ), "opened at the first mail's date, last updated by the reply"
+    assert articles[0][:2] == ("Old VPN issue", "2019-03-05T08:15:00+00:00")
+    assert articles[1][:2] == ("Re: Old VPN issue", "2019-03-06T16:40:00+00:00")
+    wrong_clock = tickets[1]
+    assert wrong_clock[0] == "Wrong clock" and wrong_clock[1].startswith("20")
+    assert wrong_clock[1] < "2100", "a date in the future is replaced by the time of import"
+    assert outbox == 0, "no acknowledgement for imported mail"
+    assert articles[0][2] == articles[2][2] == "acknowledgement not sent: imported mail"
 
 
 def test_import_maildir_and_eml(url: str, tmp_path: Path) -> None:
