@@ -1021,16 +1021,71 @@ def _tidy_text(text: str) -> str:
     return text.strip("\n")
 
 
+#: Where a <blockquote> opens and closes, carried through the HTML conversion (private-use
+#: characters, removed from the mail first) so its lines can be marked "> " as quotes.
+_QUOTE_IN, _QUOTE_OUT = "\ue000", "\ue001"
+_BLOCKQUOTE_OPEN = re.compile(r"<blockquote\b[^>]*>", re.IGNORECASE)
+_BLOCKQUOTE_CLOSE = re.compile(r"</blockquote\s*>", re.IGNORECASE)
+#: inscriptis shows a link as [text](url); a link whose text is its address once.
+_SAME_LINK = re.compile(r"\[([^\[\]\n]+)\]\(\1/?\)")
+
+
+@lru_cache(maxsize=1)
+def _html_config() -> Any:
+    from inscriptis.model.config import ParserConfig
+
+    return ParserConfig(display_links=True)
+
+
 def _html_to_text(markup: str) -> str:
+    """Readable text of an HTML part: links keep their address ("[text](url)"), and what
+    was inside <blockquote> (a quoted earlier message) becomes "> " lines, so it is folded
+    like a plain-text quote."""
     if not markup.strip():
         return ""
+    quotes = "<blockquote" in markup or "<BLOCKQUOTE" in markup or "<Blockquote" in markup
+    if quotes:
+        markup = markup.replace(_QUOTE_IN, "").replace(_QUOTE_OUT, "")
+        markup = _BLOCKQUOTE_OPEN.sub(f"<div>{_QUOTE_IN}</div>", markup)
+        markup = _BLOCKQUOTE_CLOSE.sub(f"<div>{_QUOTE_OUT}</div>", markup)
     try:
         from inscriptis import get_text
 
-        text = get_text(markup)
+        text = _SAME_LINK.sub(r"\1", get_text(markup, _html_config()))
     except Exception:  # noqa: BLE001 - lxml refuses some documents; strip tags instead
         text = html_lib.unescape(_TAG.sub(" ", _SCRIPT_STYLE.sub(" ", markup)))
-    return _tidy_text(text.replace("\r\n", "\n").replace("\r", "\n"))
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if quotes:
+        text = _mark_quotes(text)
+    return _tidy_text(text)
+
+
+def _mark_quotes(text: str) -> str:
+    """Prefix the lines between the blockquote marks with "> " per level; drop the marks."""
+    out: list[str] = []
+    depth = 0
+    blank: str | None = None  # a blank quoted line, kept only if the quote goes on
+    for line in text.split("\n"):
+        opened = line.count(_QUOTE_IN)
+        closed = line.count(_QUOTE_OUT)
+        if opened or closed:
+            line = line.replace(_QUOTE_IN, "").replace(_QUOTE_OUT, "")
+            if closed:
+                blank = None
+            depth = max(0, depth + opened - closed)
+            if not line.strip():
+                continue
+        stripped = line.strip()
+        if not depth:
+            out.append(line)
+        elif not stripped:
+            blank = ">" * depth
+        else:
+            if blank is not None:
+                out.append(blank)
+                blank = None
+            out.append(">" * depth + " " + stripped)
+    return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -358,6 +358,42 @@ def test_html_only_becomes_readable_text_and_html_is_kept() -> None:
     assert "secret" not in parsed.text
 
 
+def test_html_reply_folds_the_blockquoted_message_and_keeps_link_addresses() -> None:
+    """A Gmail/Outlook-style HTML reply: the earlier message sits in <blockquote>; the agent
+    sees only the new text unfolded, and a link's address is not lost."""
+    html = (
+        '<div dir="ltr">Thanks, the <a href="https://help.test/kb/42">router article</a> '
+        'helped. <a href="https://status.example">https://status.example</a></div><br>'
+        '<div class="gmail_quote"><div class="gmail_attr">On Mon, 4 Mar 2024 at 10:00, '
+        "Support &lt;support@help.test&gt; wrote:<br></div>"
+        '<BLOCKQUOTE class="gmail_quote" style="margin:0 0 0 .8ex">'
+        "<div>Please restart the router.</div>"
+        "<blockquote><p>My router is broken</p><p>since Friday</p></blockquote>"
+        "</BLOCKQUOTE></div>"
+    )
+    raw = mail("From: a@example.com\nSubject: Re: router\nContent-Type: text/html", html)
+    parsed = parse_mail(raw)
+    assert " ".join(parsed.new_text.split()) == (
+        "Thanks, the [router article](https://help.test/kb/42) helped. https://status.example"
+    )
+    quoted = parsed.quoted_text.splitlines()
+    assert quoted[0].strip().startswith("On Mon, 4 Mar 2024") and quoted[0].endswith("wrote:")
+    assert quoted[1:] == [
+        "> Please restart the router.",
+        ">>",
+        ">> My router is broken",
+        ">>",
+        ">> since Friday",
+    ]
+    # the marks carried through the conversion cannot be faked by the mail itself
+    sneaky = mail(
+        "From: a@example.com\nContent-Type: text/html",
+        "<p>a\ue000b</p><blockquote>q</blockquote><p>c\ue001d</p>",
+    )
+    lines = [line.strip() for line in parse_mail(sneaky).text.splitlines()]
+    assert [line for line in lines if line] == ["ab", "> q", "cd"]
+
+
 def test_alternative_prefers_plain_text_but_keeps_html() -> None:
     raw = mail(
         "From: a@example.com\nContent-Type: multipart/alternative; boundary=ALT",
