@@ -506,20 +506,32 @@ class SyncEngine:
             self._pool = None
 
     async def _prepare(
-        self, jobs: list[tuple[bytes, MailSource, str | None]]
+        self, jobs: list[tuple[bytes, MailSource, str | None]], *, local: bool = False
     ) -> list[IncomingMail]:
-        """Parse fetched mail: in the worker processes if running, else in a thread."""
+        """Parse fetched mail: in the worker processes if running (and not `local`), else in
+        a thread."""
         pool = self._pool
-        if pool is not None and len(jobs) > 1:
+        if pool is not None and len(jobs) > 1 and not local:
             loop = asyncio.get_running_loop()
             try:
-                # The workers do not send the raw bytes back (we have them): one copy less.
-                items = await loop.run_in_executor(
-                    pool,
-                    functools.partial(prepare_many, return_raw=False),
-                    self.ingestor.prepare_job(),
-                    jobs,
+                # The batch is shared out between the workers (the first batch is parsed by
+                # all of them, not one while the others wait), and the workers do not send
+                # the raw bytes back (we have them): one copy less.
+                parse = functools.partial(prepare_many, return_raw=False)
+                job = self.ingestor.prepare_job()
+                share = -(-len(jobs) // max(1, self.settings.parse_workers))
+                parts = await asyncio.gather(
+                    *(
+                        loop.run_in_executor(pool, parse, job, jobs[i : i + share])
+                        for i in range(0, len(jobs), share)
+                    ),
+                    return_exceptions=True,
                 )
+                items = []
+                for part in parts:
+                    if isinstance(part, BaseException):
+                        raise part
+                    items.extend(part)
                 for item, (raw, _, _) in zip(items, jobs, strict=True):
                     if item.raw is None:
                         item.raw = raw
@@ -629,9 +641,16 @@ class SyncEngine:
                 st.last_uid = uid
 
     async def _fetch(
-        self, conn: _Connection, folder: str, uidvalidity: int, uids: list[int]
+        self,
+        conn: _Connection,
+        folder: str,
+        uidvalidity: int,
+        uids: list[int],
+        *,
+        local: bool = False,
     ) -> tuple[list[IncomingMail], list[int]]:
-        """Fetch and parse a batch: sizes first, then bodies (headers only when too big)."""
+        """Fetch and parse a batch: sizes first, then bodies (headers only when too big).
+        `local`: parse in this process (see `_prepare`)."""
         client = conn.client
         limit = self.settings.max_message_bytes
         sizes = await conn.call(fetch_items, client, uids, "RFC822.SIZE")
@@ -671,7 +690,7 @@ class SyncEngine:
             # else: expunged meanwhile
 
         jobs = [(raw, self._source(folder, uidvalidity, uid), note) for uid, raw, note in raws]
-        return await self._prepare(jobs), missing
+        return await self._prepare(jobs, local=local), missing
 
     def _source(self, folder: str, uidvalidity: int, uid: int) -> MailSource:
         return MailSource(
@@ -692,7 +711,12 @@ class SyncEngine:
         report: FolderReport,
     ) -> None:
         batches = list(_chunks(uids, self.settings.batch_size))
+        starting = self._pool is None
         pool = self._parse_pool(len(uids))
+        # Worker processes take a moment to start: the first batch of a new pool is parsed
+        # here meanwhile (the language model is loaded in this process too), so the first
+        # commit does not wait for them.
+        local_first = starting and pool is not None
         # Prefetch while a batch is written: the next batch (one connection, locked), and
         # with parse workers one more per worker, so fetching and parsing run side by side.
         depth = 1 + (self.settings.parse_workers if pool is not None else 0)
@@ -704,8 +728,11 @@ class SyncEngine:
         def refill() -> None:
             nonlocal queued
             while queued < len(batches) and len(pending) < depth:
+                local = local_first and queued == 0
                 pending.append(
-                    asyncio.create_task(self._fetch(conn, folder, uidvalidity, batches[queued]))
+                    asyncio.create_task(
+                        self._fetch(conn, folder, uidvalidity, batches[queued], local=local)
+                    )
                 )
                 queued += 1
 
