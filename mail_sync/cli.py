@@ -26,6 +26,7 @@ from store.service import NotFoundError, ValidationError
 T = TypeVar("T")
 
 EXIT_ERROR = 1
+EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_CONFLICT = 4
 EXIT_INVALID = 5
@@ -1098,11 +1099,34 @@ def _sync_once(account: str | None) -> None:
 
 
 # --------------------------------------------------------------------------- import
-def _import(kind: str, load: Callable[[], list[Any]], queue: str | None, json_: bool) -> None:
+ImportStatusOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--status",
+        help="solved or closed: the imported tickets end in that status (an archive of "
+        "finished conversations); default: they stay new/open.",
+    ),
+]
+
+
+def _import(
+    kind: str,
+    load: Callable[[], list[Any]],
+    queue: str | None,
+    json_: bool,
+    status: str | None = None,
+) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from mail_sync.importer import import_mail
     from mail_sync.ingest import IngestSummary
+    from store.models import Status
+
+    final: Status | None = None
+    if status is not None:
+        if status.strip().lower() not in (Status.SOLVED.value, Status.CLOSED.value):
+            fail(f"--status must be solved or closed, not {status!r}", EXIT_USAGE)
+        final = Status(status.strip().lower())
 
     async def body(db: Database) -> IngestSummary:
         mails = await asyncio.to_thread(load)
@@ -1123,6 +1147,7 @@ def _import(kind: str, load: Callable[[], list[Any]], queue: str | None, json_: 
                 queue=queue,
                 config=load_config(),
                 on_result=lambda _r: bar.advance(task),
+                status=final,
             )
 
     summary = run(body)
@@ -1136,6 +1161,7 @@ def _import(kind: str, load: Callable[[], list[Any]], queue: str | None, json_: 
             f"{data['threaded']} threaded, {data['duplicates']} duplicates, "
             f"{data['quarantined']} quarantined"
             + (" (see `helpdesk mail quarantine list`)" if data["quarantined"] else "")
+            + (f"; {data['status_set']} tickets set to {final.value}" if final is not None else "")
         )
     )
 
@@ -1145,11 +1171,12 @@ def import_mbox(
     path: Annotated[Path, typer.Argument(help="An mbox file.")],
     queue: QueueOpt = None,
     json_: JsonOpt = False,
+    status: ImportStatusOpt = None,
 ) -> None:
     """Import every mail of an mbox file."""
     from mail_sync.importer import mbox_messages
 
-    _import("mbox", lambda: mbox_messages(path), queue, json_)
+    _import("mbox", lambda: mbox_messages(path), queue, json_, status)
 
 
 @import_app.command("maildir")
@@ -1157,11 +1184,12 @@ def import_maildir(
     path: Annotated[Path, typer.Argument(help="A Maildir (with cur/ and new/).")],
     queue: QueueOpt = None,
     json_: JsonOpt = False,
+    status: ImportStatusOpt = None,
 ) -> None:
     """Import every mail of a Maildir."""
     from mail_sync.importer import maildir_messages
 
-    _import("maildir", lambda: maildir_messages(path), queue, json_)
+    _import("maildir", lambda: maildir_messages(path), queue, json_, status)
 
 
 @import_app.command("eml")
@@ -1169,8 +1197,9 @@ def import_eml(
     files: Annotated[list[Path], typer.Argument(help="One or more .eml files.")],
     queue: QueueOpt = None,
     json_: JsonOpt = False,
+    status: ImportStatusOpt = None,
 ) -> None:
     """Import single-message files."""
     from mail_sync.importer import eml_messages
 
-    _import("eml", lambda: eml_messages(files), queue, json_)
+    _import("eml", lambda: eml_messages(files), queue, json_, status)

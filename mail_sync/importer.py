@@ -13,8 +13,11 @@ from sqlalchemy import func, select
 from mail_sync.ingest import IncomingMail, Ingestor, IngestResult, IngestSummary, MailSource
 from store.config import Config
 from store.engine import Database
-from store.models import Queue
-from store.service import NotFoundError, Service
+from store.models import Queue, Status
+from store.service import Actor, NotFoundError, Service
+
+#: Who changes the status of imported tickets (`--status`), in their history.
+IMPORT = Actor("system", "import")
 
 #: Mails per write transaction.
 DEFAULT_BATCH = 500
@@ -81,10 +84,13 @@ async def import_mail(
     on_result: Callable[[IngestResult], None] | None = None,
     keep_results: bool = False,
     own_addresses: Iterable[str] = (),
+    status: Status | None = None,
 ) -> IngestSummary:
     """Ingest mails in batches; returns counts (created, threaded, duplicates, quarantined).
 
     Re-importing the same mail is harmless: it is recognised by Message-ID (or content).
+    `status` (solved or closed): the tickets this import created end in that status once
+    every mail is in (an archive of finished conversations; `summary.set_status` counts them).
     """
     service = service or Service(db)
     cfg = config or Config()
@@ -103,7 +109,10 @@ async def import_mail(
         own_addresses=list(own_addresses),
         mail_dates=True,
     )
+    if status is not None and status not in (Status.SOLVED, Status.CLOSED):
+        raise ValueError(f"imported tickets can end solved or closed, not {status.value}")
     summary = IngestSummary()
+    created: list[int] = []
     for batch in _batches(mails, max(1, batch_size)):
 
         def _prepare(batch: Sequence[RawMail] = batch) -> list[IncomingMail]:
@@ -126,7 +135,15 @@ async def import_mail(
             results = await ingestor.ingest_batch(remaining, max_seconds=1.0)
             for r in results:
                 summary.add(r, keep=keep_results)
+                if r.outcome == "created" and r.ticket_number is not None:
+                    created.append(r.ticket_number)
                 if on_result is not None:
                     on_result(r)
             remaining = remaining[len(results) :]
+    if status is not None:
+        for number in created:
+            ticket = await service.get_ticket(number)
+            if ticket.status in (Status.NEW.value, Status.OPEN.value):  # not merged meanwhile
+                await service.update_ticket(IMPORT, number, status=status)
+                summary.set_status += 1
     return summary

@@ -94,6 +94,8 @@ class IngestSummary:
     duplicates: int = 0
     quarantined: int = 0
     seen: int = 0
+    #: Imported tickets put in the import's `--status` (solved or closed).
+    set_status: int = 0
     results: list[IngestResult] = field(default_factory=list)
 
     def add(self, result: IngestResult, keep: bool = True) -> None:
@@ -115,7 +117,7 @@ class IngestSummary:
         return self.created + self.threaded + self.duplicates + self.quarantined + self.seen
 
     def as_dict(self) -> dict[str, int]:
-        return {
+        out = {
             "created": self.created,
             "threaded": self.threaded,
             "duplicates": self.duplicates,
@@ -123,6 +125,9 @@ class IngestSummary:
             "already_seen": self.seen,
             "total": self.total,
         }
+        if self.set_status:
+            out["status_set"] = self.set_status
+        return out
 
 
 @dataclass

@@ -206,6 +206,37 @@ def test_imported_mail_keeps_its_date_and_is_never_acknowledged(url: str, tmp_pa
     assert articles[0][2] == articles[2][2] == "acknowledgement not sent: imported mail"
 
 
+def test_import_an_archive_as_closed_tickets(url: str, cli: CliRunner, tmp_path: Path) -> None:
+    """`--status closed`: an archive of finished conversations does not land in the queues
+    as new work; a bad value is refused before anything is imported."""
+    box = mailbox.mbox(str(tmp_path / "archive.mbox"))
+    box.add(mail("Old VPN issue", msgid="<arch-1@example.org>"))
+    box.add(mail("Re: Old VPN issue", body="Fixed, thanks.", In_Reply_To="<arch-1@example.org>"))
+    box.add(mail("Old printer issue", sender="dave@example.org"))
+    box.flush()
+    res = cli.invoke(
+        app_for(url), ["import", "mbox", str(tmp_path / "archive.mbox"), "--status", "open"]
+    )
+    assert res.exit_code == 2 and "solved or closed" in flat(res)
+    assert count(url, Ticket) == 0
+
+    res = cli.invoke(
+        app_for(url), ["import", "mbox", str(tmp_path / "archive.mbox"), "--status", "closed"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "2 tickets created, 1 threaded" in flat(res) and "2 tickets set to closed" in flat(res)
+
+    async def statuses() -> list[str]:
+        db = Database(url)
+        try:
+            async with db.read() as s:
+                return [t.status for t in (await s.execute(select(Ticket))).scalars()]
+        finally:
+            await db.dispose()
+
+    assert asyncio.run(statuses()) == ["closed", "closed"]
+
+
 def test_import_maildir_and_eml(url: str, tmp_path: Path) -> None:
     md = mailbox.Maildir(str(tmp_path / "Maildir"))
     for i in range(3):
