@@ -107,7 +107,7 @@ async def import_mail(
         languages=cfg.languages,
         default_queue=queue,
         own_addresses=list(own_addresses),
-        mail_dates=True,
+        imported=True,
     )
     if status is not None and status not in (Status.SOLVED, Status.CLOSED):
         raise ValueError(f"imported tickets can end solved or closed, not {status.value}")

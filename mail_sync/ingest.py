@@ -354,12 +354,13 @@ class Ingestor:
         default_queue: str | None = None,
         own_addresses: Sequence[str] = (),
         parse_time_limit: float | None = 10.0,
-        mail_dates: bool = False,
+        imported: bool = False,
     ) -> None:
-        """`mail_dates`: articles (and the tickets they open) are dated by the mail's Date
-        header instead of the time of ingest: for imports of old mail."""
+        """`imported`: old mail from an archive (`helpdesk import`), not mail arriving now:
+        articles (and the tickets they open) carry the mail's own Date instead of the time
+        of ingest, and no acknowledgement is sent for it."""
         self.service = service
-        self.mail_dates = mail_dates
+        self.imported = imported
         self.db = service.db
         self.languages = tuple(languages)
         self.max_message_bytes = max_message_bytes
@@ -955,7 +956,7 @@ class Ingestor:
                 return False  # no such queue: the one-by-one path reports it
             meta["threading"] = decided
             meta["queue"] = queue_reason
-            if queue_id is not None and queue_id in ctx.ack_queues and self.mail_dates:
+            if queue_id is not None and queue_id in ctx.ack_queues and self.imported:
                 meta["ack"] = IMPORTED_NO_ACK
             elif queue_id is not None and queue_id in ctx.ack_queues:
                 ack = await self._plan_ack(session, ctx, known, item, parsed, auto, queue_id)
@@ -1308,7 +1309,7 @@ class Ingestor:
         """The mail's own Date for an import (None: the time of ingest). A date in the future
         (a sender's wrong clock) or before 1990 is not believed."""
         date = parsed.date
-        if not self.mail_dates or date is None or date.year < 1990:
+        if not self.imported or date is None or date.year < 1990:
             return None
         return min(date.astimezone(UTC), self.service.clock())
 
@@ -1539,7 +1540,7 @@ class Ingestor:
         queue = ticket.queue
         if queue is None or not (queue.settings or {}).get("ack"):
             return
-        if self.mail_dates:
+        if self.imported:
             article.meta = {**(article.meta or {}), "ack": IMPORTED_NO_ACK}
             return
         outcome = await queue_acknowledgement(

@@ -1043,7 +1043,7 @@ def _html_to_text(markup: str) -> str:
     like a plain-text quote."""
     if not markup.strip():
         return ""
-    quotes = "<blockquote" in markup or "<BLOCKQUOTE" in markup or "<Blockquote" in markup
+    quotes = _BLOCKQUOTE_OPEN.search(markup) is not None
     if quotes:
         markup = markup.replace(_QUOTE_IN, "").replace(_QUOTE_OUT, "")
         markup = _BLOCKQUOTE_OPEN.sub(f"<div>{_QUOTE_IN}</div>", markup)
