@@ -172,6 +172,37 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of each live thread of this process, by name (`/proc/self/task`)."""
+    import threading
+
+    tick = os.sysconf("SC_CLK_TCK")
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        cpu = (int(fields[11]) + int(fields[12])) / tick
+        name = names.get(int(task.name), name)
+        if "connection_worker" in name:
+            name = "sqlite"
+        key = name.rstrip("0123456789_") or name
+        out[key] = out.get(key, 0.0) + cpu
+    return out
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine so far, all cores (`/proc/stat`)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / tick, idle / tick
+
+
 ACK_TEMPLATE = (
     "Hello {{customer.name}}, we have your request as ticket {{ticket.number}} "
     "({{ticket.subject}}). {{agent.name}}"
@@ -213,6 +244,9 @@ async def run_helpdesk(
     prof = cProfile.Profile() if profile else None
     t0 = time.perf_counter()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0, idle0 = machine_cpu()
+    threads0 = thread_cpu()
     if prof:
         prof.enable()
     report = await engine.sync_once()
@@ -221,6 +255,11 @@ async def run_helpdesk(
     elapsed = time.perf_counter() - t0
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     main_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    busy1, idle1 = machine_cpu()
+    threads1 = thread_cpu()
+    await asyncio.sleep(1.0)  # the stopped pool's workers are reaped (their CPU counted)
+    kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    kids_cpu = (kids1.ru_utime - kids0.ru_utime) + (kids1.ru_stime - kids0.ru_stime)
     if prof and profile:
         prof.dump_stats(str(profile))
     async with db.read() as s:
@@ -243,6 +282,18 @@ async def run_helpdesk(
     return {
         "seconds": elapsed,
         "main_process_cpu_s": round(main_cpu, 2),
+        # the parse workers (reaped when the engine stops its pool at the end of the sync)
+        "worker_cpu_s": round(kids_cpu, 2),
+        # the engine's threads by name (python: the event loop; the SQLite thread is
+        # aiosqlite's; asyncio_N run IMAP calls), threads that ended are not counted
+        "thread_cpu_s": {
+            k: round(v - threads0.get(k, 0.0), 2)
+            for k, v in sorted(threads1.items(), key=lambda kv: -kv[1])
+            if v - threads0.get(k, 0.0) >= 0.05
+        },
+        # every process of the machine (Dovecot included), and the share of both cores used
+        "machine_cpu_s": round(busy1 - busy0, 2),
+        "machine_busy": round((busy1 - busy0) / max(1e-9, busy1 - busy0 + idle1 - idle0), 3),
         "totals": totals,
         "counts": counts,
         "load_before": load_before,
@@ -390,8 +441,17 @@ def main() -> None:
                 for what in order:
                     entry: dict[str, Any] = {"run": run, "load_before": load()}
                     if what == "mbsync":
+                        busy0, idle0 = machine_cpu()
                         secs = run_mbsync(acct, work / "mbsync")
-                        entry.update(seconds=secs, count=mbsync_count(work / "mbsync"))
+                        busy1, idle1 = machine_cpu()
+                        entry.update(
+                            seconds=secs,
+                            count=mbsync_count(work / "mbsync"),
+                            machine_cpu_s=round(busy1 - busy0, 2),
+                            machine_busy=round(
+                                (busy1 - busy0) / max(1e-9, busy1 - busy0 + idle1 - idle0), 3
+                            ),
+                        )
                     else:
                         if what.startswith("sqlite"):
                             url = f"sqlite+aiosqlite:///{work / f'store-{run}.db'}"
@@ -420,7 +480,9 @@ def main() -> None:
                         f"run {run} {what:10s} {entry['seconds']:7.1f}s "
                         f"{entry['msg_per_s']:7.0f} msg/s  load {entry['load_before']} -> "
                         f"{entry['load_after']}  {entry.get('totals') or entry.get('count')} "
-                        f"main cpu {entry.get('main_process_cpu_s')}",
+                        f"cpu: main {entry.get('main_process_cpu_s')} workers {entry.get('worker_cpu_s')} "
+                        f"machine {entry.get('machine_cpu_s')} busy {entry.get('machine_busy')} "
+                        f"threads {entry.get('thread_cpu_s')}",
                         flush=True,
                     )
             if not args.no_offlineimap:

@@ -276,6 +276,8 @@ class _Known:
     #: (HMAC-verified) Message-IDs or in a subject tag; `numbers` is every number looked up.
     by_number: dict[int, int] = field(default_factory=dict)
     numbers: set[int] = field(default_factory=set)
+    #: `threading.candidate_ids` of each mail of the window, by `id()` of its ParsedMail.
+    candidates: dict[int, list[str]] = field(default_factory=dict)
     #: `threading.participants` of subject-tagged tickets (read when first needed).
     participants: dict[int, tuple[set[str], set[str]]] = field(default_factory=dict)
     #: Acknowledgements sent (or queued) in the last hour, by recipient (queues with
@@ -514,6 +516,7 @@ class Ingestor:
         own: set[str] = set()
         refs: set[str] = set()
         hashes_wanted: set[str] = set()
+        candidates: dict[int, list[str]] = {}
         for it in items:
             p = it.parsed
             if p is None:
@@ -522,7 +525,8 @@ class Ingestor:
                 own.add(p.message_id)
             else:
                 hashes_wanted.add(p.content_hash)
-            refs.update(mail_threading.candidate_ids(p.in_reply_to, p.references))
+            ids = candidates[id(p)] = mail_threading.candidate_ids(p.in_reply_to, p.references)
+            refs.update(ids)
         ac = Article.__table__.c
         by_mid: dict[str, int] = {}
         for chunk in _chunks(sorted(own | refs)):
@@ -552,7 +556,7 @@ class Ingestor:
                 p = it.parsed
                 if p is None:
                     continue
-                for mid in mail_threading.candidate_ids(p.in_reply_to, p.references):
+                for mid in candidates[id(p)]:
                     number = mail_threading.verify_message_id(mid, ctx.secret)
                     if number is not None:
                         numbers.add(number)
@@ -572,7 +576,7 @@ class Ingestor:
         tickets = await writer.load_tickets(
             [by_mid[m] for m in refs if m in by_mid] + list(by_number.values())
         )
-        known = _Known(seen, by_mid, hashes, tickets, by_number, numbers)
+        known = _Known(seen, by_mid, hashes, tickets, by_number, numbers, candidates)
         if ctx is not None and ctx.ack_queues:
             recipients = {_ack_recipient(it, it.parsed)[1] for it in items if it.parsed is not None}
             await self._count_acks(session, known, sorted(r for r in recipients if r))
@@ -875,7 +879,9 @@ class Ingestor:
             return True
 
         # -- threading: a stored (or earlier in this batch) message it references
-        ids = mail_threading.candidate_ids(parsed.in_reply_to, parsed.references)
+        ids = known.candidates.get(id(parsed))
+        if ids is None:
+            ids = mail_threading.candidate_ids(parsed.in_reply_to, parsed.references)
         target: TicketSlot | None = None
         matched = ""
         for mid in ids:

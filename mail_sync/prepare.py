@@ -9,6 +9,8 @@ import ctypes
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -100,13 +102,25 @@ def prepare_mail(
         raw = split_header(raw)
     item = IncomingMail(raw=raw, source=source, omitted=omitted)
     limit = limits.time_limit_s or 0.0
-    timed = _alarm_installed and limit > 0
+    # In a worker process's main thread SIGALRM cuts the parse; anywhere else (a thread of
+    # the engine or of `import`) the watchdog thread does.
+    by_alarm = _alarm_installed and threading.current_thread() is threading.main_thread()
+    timer: _Alarm | _WatchdogTimer | None = None
+    if limit > 0:
+        timer = _Alarm() if by_alarm else _WatchdogTimer()
     try:
-        if timed:
-            _arm(limit)
-        item.parsed = parse_mail(raw, limits=limits, languages=languages)
-        _disarm()
+        try:
+            if timer is not None:
+                timer.arm(limit)
+            item.parsed = parse_mail(raw, limits=limits, languages=languages)
+        finally:
+            if timer is not None:
+                timer.disarm()
+        # A ParseTimeout sent just as the parse ended arrives by here, inside this `try`;
+        # after disarm() none is sent.
+        _settle()
     except ParseTimeout:
+        item.parsed = None
         item.error = f"parse error: time limit of {limit:g}s exceeded"
     except ParseError as exc:
         item.error = f"parse error: {exc}"
@@ -114,14 +128,12 @@ def prepare_mail(
         item.error = "parse error: MIME structure too deeply nested"
     except Exception as exc:  # noqa: BLE001 - a parser bug must not lose the mail
         item.error = f"parser crashed: {type(exc).__name__}: {exc}"
-    finally:
-        if timed:
-            _disarm()
     return item
 
 
 class ParseTimeout(BaseException):  # noqa: N818 - not an Exception: nothing may swallow it
-    """Raised by SIGALRM in a parse worker when one mail takes longer than the time limit.
+    """Raised in a parse that takes longer than the time limit: by SIGALRM in a worker
+    process, by the watchdog thread in a thread (the engine's small batches, `import`).
 
     `parse_mail` itself checks its deadline between stages; a stage that never ends (a
     pathological input for the MIME, HTML or quote parser) is cut here, so the worker
@@ -129,7 +141,7 @@ class ParseTimeout(BaseException):  # noqa: N818 - not an Exception: nothing may
 
 
 #: SIGALRM cuts a parse (`parse_worker_init` installs it: worker processes run mail in their
-#: main thread, where signals arrive; a parse in a thread relies on the deadline checks).
+#: main thread, where signals arrive; a parse in another thread has `_WATCHDOG`).
 _alarm_installed = False
 _armed = False
 
@@ -139,16 +151,98 @@ def _on_alarm(_signum: int, _frame: object) -> None:
         raise ParseTimeout
 
 
-def _arm(seconds: float) -> None:
-    global _armed
-    _armed = True
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+def _settle() -> None:
+    """A call: the interpreter delivers a pending asynchronous exception at a call."""
 
 
-def _disarm() -> None:
-    global _armed
-    _armed = False
-    signal.setitimer(signal.ITIMER_REAL, 0)
+class _Alarm:
+    """SIGALRM (in a worker process's main thread)."""
+
+    def arm(self, seconds: float) -> None:
+        global _armed
+        _armed = True
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+
+    def disarm(self) -> None:
+        global _armed
+        _armed = False  # a signal already on its way is ignored by _on_alarm
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+class _WatchdogTimer:
+    """One parse's deadline, watched by `_WATCHDOG` (threads, where SIGALRM cannot reach)."""
+
+    __slots__ = ("active", "due", "ident")
+
+    def __init__(self) -> None:
+        self.ident = threading.get_ident()
+        self.active = False
+        self.due = 0.0
+
+    def arm(self, seconds: float) -> None:
+        self.due = time.monotonic() + seconds
+        self.active = True
+        _WATCHDOG.add(self)
+
+    def disarm(self) -> None:
+        # No lock is taken here: an exception delivered while holding one would leave it
+        # held. Once `active` is False the watchdog sends nothing more; if it is sending
+        # right now, wait for it (the exception then arrives in this loop).
+        self.active = False
+        while _WATCHDOG.sending is self:
+            time.sleep(0)
+        _WATCHDOG.discard(self)
+
+
+class _Watchdog:
+    """Cuts parses that run in threads: once a timer's deadline has passed, ParseTimeout is
+    raised in its thread (`PyThreadState_SetAsyncExc`: at the thread's next bytecode, as the
+    alarm handler's exception is in a worker). One daemon thread per process sleeps until
+    the nearest deadline."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._timers: set[_WatchdogTimer] = set()
+        self._thread: threading.Thread | None = None
+        #: The timer whose thread is being sent ParseTimeout (see _WatchdogTimer.disarm).
+        self.sending: _WatchdogTimer | None = None
+
+    def add(self, timer: _WatchdogTimer) -> None:
+        with self._cond:
+            self._timers.add(timer)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="parse-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def discard(self, timer: _WatchdogTimer) -> None:
+        with self._cond:
+            self._timers.discard(timer)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for timer in [t for t in self._timers if t.due <= now]:
+                    self._timers.discard(timer)
+                    self.sending = timer
+                    if timer.active:  # read after `sending` is set: disarm() waits for us
+                        timer.active = False
+                        _raise_in_thread(timer.ident, ParseTimeout)
+                    self.sending = None
+                nearest = min((t.due for t in self._timers), default=now + 60.0)
+                self._cond.wait(timeout=max(0.001, nearest - now))
+
+
+def _raise_in_thread(ident: int, exc: type[BaseException]) -> None:
+    set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+    if set_async_exc(ctypes.c_ulong(ident), ctypes.py_object(exc)) > 1:
+        set_async_exc(ctypes.c_ulong(ident), None)  # never more than the one thread
+
+
+_WATCHDOG = _Watchdog()
 
 
 @dataclass(frozen=True)

@@ -67,3 +67,41 @@ def test_an_unwritable_cache_directory_only_costs_time(
     blocker.write_text("not a directory")
     monkeypatch.setenv("HELPDESK_CACHE_DIR", str(blocker / "cache"))
     assert _answers() == ["lv", "de", "ru", "en", "fr", "ar"]
+
+
+SOLE_SCRIPT_TEXTS = [
+    "Здравствуйте! Не могу войти в личный кабинет после обновления.",
+    "Добрый день, счёт за октябрь (№ 2024-117) не пришёл на почту ivan@example.com.",
+    "Привет, принтер пишет ошибку при печати, что делать?",
+    "Доброго дня! Не можу увійти до особистого кабінету.",  # Ukrainian: ru is the nearest
+    "مرحبا، لا أستطيع الدخول إلى حسابي منذ التحديث",
+    "السلام عليكم، الفاتورة رقم 42 غير صحيحة، أرجو التصحيح",
+]
+
+
+def test_a_text_in_a_script_only_one_language_uses_skips_the_model_with_its_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Of the default languages only Russian is written in Cyrillic and only Arabic in Arabic
+    script: such texts are answered without the model, and the answer is the model's."""
+    monkeypatch.setattr(lang, "SOLE_SCRIPT_SHARE", 2.0)  # never: every text goes to the model
+    by_model = [lang.detect_language(t) for t in SOLE_SCRIPT_TEXTS]
+    monkeypatch.undo()
+    calls: list[str] = []
+    real = lang._identifier
+
+    def counting(key: tuple[str, ...]) -> object:
+        calls.append("model")
+        return real(key)
+
+    monkeypatch.setattr(lang, "_identifier", counting)
+    assert [lang.detect_language(t) for t in SOLE_SCRIPT_TEXTS] == by_model
+    assert by_model == ["ru", "ru", "ru", "ru", "ar", "ar"]
+    assert calls == []
+    # a Latin text with a Cyrillic name in it still goes to the model
+    assert lang.detect_language("Hello, my colleague Иван cannot log in since Monday.") == "en"
+    assert calls == ["model"]
+    # with two Cyrillic languages configured the model decides between them
+    calls.clear()
+    lang.detect_language(SOLE_SCRIPT_TEXTS[0], ("ru", "uk", "en"))
+    assert calls == ["model"]
