@@ -399,6 +399,12 @@ def main() -> None:
         type=Path,
         help="also ingest with the code of this tree (runs alternate, each in a child process)",
     )
+    ap.add_argument(
+        "--compare-batch",
+        type=int,
+        help="UIDs per FETCH for the --compare runs (default: --batch); with --compare . this "
+        "compares two batch sizes of the same code",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:  # one ingest for --compare: JSON in, JSON out
@@ -465,7 +471,13 @@ def main() -> None:
                         )
                         if args.compare:
                             tree = args.compare if what.endswith("@compare") else ROOT
-                            entry.update(run_child(tree, url, acct, args.batch, args.ack))
+                            batch = (
+                                args.compare_batch or args.batch
+                                if what.endswith("@compare")
+                                else args.batch
+                            )
+                            entry.update(run_child(tree, url, acct, batch, args.ack))
+                            entry["batch"] = batch
                         else:
                             entry.update(
                                 asyncio.run(run_helpdesk(url, acct, args.batch, prof, args.ack))

@@ -67,7 +67,7 @@ IMPORTED_NO_ACK = "acknowledgement not sent: imported mail"
 #: How many duplicate deliveries an article remembers (for `mail explain`).
 MAX_DUPLICATES_RECORDED = 20
 #: Most mails planned into one bulk write (and looked up together).
-SEGMENT_WINDOW = 250
+SEGMENT_WINDOW = 500
 #: PostgreSQL: one transaction-level advisory lock serialises all mail ingestion, so two
 #: daemons (or a daemon and an import) cannot both miss each other's Message-ID.
 PG_INGEST_LOCK = (0x4D41494C, 0)  # "MAIL", 0
