@@ -9,7 +9,6 @@ import logging
 import os
 import re
 import threading
-from array import array
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -114,16 +113,21 @@ def model_cache_path() -> Path | None:
     except importlib.metadata.PackageNotFoundError:
         return None
     folder = os.environ.get("HELPDESK_CACHE_DIR") or platformdirs.user_cache_dir("helpdesk")
-    return Path(folder) / f"py3langid-{version}-model.npz"
+    return Path(folder) / f"py3langid-{version}-model.bin"
 
 
-_CACHED = ("ptc", "pc", "classes", "nextmove", "row", "output")
+#: The cache file: this magic, the JSON index's length (8 bytes, little-endian), the index
+#: ({name: [dtype, shape, offset]}), then each array's raw bytes at its offset.
+_MAGIC = b"HDLANGID1\n"
+_ALIGN = 64
 
 
 def _load_model() -> Any:
     """py3langid's model. It ships LZMA-packed (unpacking takes ~0.7 s, in every parse worker
-    of every sync); the unpacked arrays are kept in the cache directory and read back in a
-    fraction of that. Any problem with the cache falls back to the packed model."""
+    of every sync); the unpacked arrays are kept in the cache directory and memory-mapped
+    from there: no copy, and the engine and its parse workers share one set of pages (the
+    state machine alone is 40 MB). Any problem with the cache falls back to the packed
+    model, and the cache is written again."""
     import numpy as np
     from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
     from py3langid.modelio import load_model
@@ -131,17 +135,21 @@ def _load_model() -> Any:
     path = model_cache_path()
     if path is not None and path.is_file():
         try:
-            with np.load(path, allow_pickle=False) as data:
-                ptc, pc, classes, nextmove, row, output = (data[k] for k in _CACHED)
-                return LanguageIdentifier(
-                    ptc,
-                    pc,
-                    classes.tolist(),
-                    _as_array(nextmove),
-                    output.tolist(),
-                    norm_probs=True,
-                    tk_row=_as_array(row),
-                )
+            a = _map_arrays(path)
+            ident = LanguageIdentifier(
+                a["ptc"],
+                a["pc"],
+                a["classes"].tolist(),
+                memoryview(a["nextmove"]),
+                memoryview(a["output"]),
+                norm_probs=True,
+                tk_row=memoryview(a["row"]),
+            )
+            # py3langid walks `_rowbase[state]` (row << 8) per byte; the same numbers from
+            # the shared map instead of a list of 100,000 ints per process.
+            if isinstance(getattr(ident, "_rowbase", None), list):
+                ident._rowbase = memoryview(a["rowbase"])
+            return ident
         except Exception as exc:  # noqa: BLE001 - a bad cache file only costs the slow load
             log.warning("event=language-model-cache-unreadable path=%s error=%r", path, exc)
     ptc, pc, classes, nextmove, row, output = load_model(MODEL_DIR / MODEL_FILE)
@@ -149,39 +157,77 @@ def _load_model() -> Any:
         np.asarray(ptc), np.asarray(pc), classes, nextmove, output, norm_probs=True, tk_row=row
     )
     if path is not None:
+        rows = np.frombuffer(row, dtype=f"u{row.itemsize}")
         arrays = {
             "ptc": np.asarray(ptc),
             "pc": np.asarray(pc),
             "classes": np.asarray(classes),
             "nextmove": np.frombuffer(nextmove, dtype=f"u{nextmove.itemsize}"),
-            "row": np.frombuffer(row, dtype=f"u{row.itemsize}"),
-            "output": np.asarray(output, dtype=np.int64),
+            "row": rows,
+            "rowbase": rows.astype(np.int64) << 8,
+            "output": np.asarray(output, dtype=np.int32),
         }
         _write_cache(path, arrays)
     return ident
 
 
+def _map_arrays(path: Path) -> dict[str, Any]:
+    """The cache file's arrays, memory-mapped read-only."""
+    import json
+
+    import numpy as np
+
+    with path.open("rb") as f:
+        head = f.read(len(_MAGIC) + 8)
+        if head[: len(_MAGIC)] != _MAGIC:
+            raise ValueError("not a language model cache file")
+        index = json.loads(f.read(int.from_bytes(head[len(_MAGIC) :], "little")))
+    size = path.stat().st_size
+    out = {}
+    for name, (dtype, shape, offset) in index.items():
+        arr = np.memmap(path, dtype=np.dtype(dtype), mode="r", offset=offset, shape=tuple(shape))
+        if offset + arr.nbytes > size:
+            raise ValueError(f"language model cache file cut short ({name})")
+        out[name] = arr
+    return out
+
+
 def _write_cache(path: Path, arrays: dict[str, Any]) -> None:
     """Write the unpacked model (atomically: readers never see half a file); best effort."""
+    import json
+
     import numpy as np
 
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        index: dict[str, Any] = {}
+        # the index's length does not depend on the offsets' digits: fix it with wide ones
+        for name, arr in arrays.items():
+            index[name] = [arr.dtype.str, list(arr.shape), 10**12]
+        start = -(-(len(_MAGIC) + 8 + len(json.dumps(index))) // _ALIGN) * _ALIGN
+        offset = start
+        for name, arr in arrays.items():
+            index[name][2] = offset
+            offset += -(-arr.nbytes // _ALIGN) * _ALIGN
+        blob = json.dumps(index).encode()
         with tmp.open("wb") as out:
-            np.savez(out, **arrays)  # type: ignore[arg-type]
+            out.write(_MAGIC + len(blob).to_bytes(8, "little") + blob)
+            for name, arr in arrays.items():
+                out.seek(index[name][2])
+                out.write(np.ascontiguousarray(arr).tobytes())
+            out.truncate(offset)
         os.replace(tmp, path)
     except OSError as exc:  # e.g. a read-only home: keep loading the packed model
         log.info("event=language-model-cache-not-written path=%s error=%r", path, exc)
         with contextlib.suppress(OSError):
             tmp.unlink()
-
-
-def _as_array(values: Any) -> array:
-    """A NumPy unsigned integer vector as the stdlib array py3langid walks (fast indexing)."""
-    out = array({2: "H", 4: "I", 8: "L"}[values.dtype.itemsize])
-    out.frombytes(values.tobytes())
-    return out
+        return
+    # Caches of other py3langid versions or of the older .npz format are dead weight (70 MB).
+    for old in path.parent.glob("py3langid-*-model.*"):
+        if old != path and not old.name.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                old.unlink()
 
 
 @lru_cache(maxsize=16)

@@ -36,17 +36,23 @@ def _answers() -> list[str | None]:
 
 def test_the_unpacked_model_answers_as_the_packed_one(fresh: Path) -> None:
     packed = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    stale = fresh / "py3langid-0.3.0-model.npz"  # an older version's cache
+    stale.write_bytes(b"old")
     first = _answers()  # unpacks and writes the cache
     path = lang.model_cache_path()
     assert path is not None and path.parent == fresh and path.is_file()
+    assert not stale.exists(), "an old cache is removed when the new one is written"
     assert first == ["lv", "de", "ru", "en", "fr", "ar"]
 
     lang._base = None  # a new worker: reads the cache
     lang._identifier.cache_clear()
     cached = lang._base_identifier()
     assert cached is not packed
+    # mapped from the file, not copied: the engine and its workers share the pages
+    assert isinstance(cached.tk_nextmove, memoryview) and cached.tk_nextmove.readonly
     assert list(cached.tk_nextmove) == list(packed.tk_nextmove)
-    assert cached.tk_output == packed.tk_output and cached.nb_classes == packed.nb_classes
+    assert list(cached.tk_output) == list(packed.tk_output)
+    assert cached.nb_classes == packed.nb_classes
     assert _answers() == first
     for text in TEXTS:
         assert cached.classify(text) == packed.classify(text)
