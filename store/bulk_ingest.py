@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +31,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store import lifecycle, search_index
@@ -274,7 +276,11 @@ class MailBatchWriter:
                 # a wake-up. Same connection, same transaction.
                 raw = (await conn.get_raw_connection()).driver_connection
                 if raw is not None:
-                    await raw.executemany(sql, list(map(make, rows)))
+                    params = list(map(make, rows))
+                    try:
+                        await raw.executemany(sql, params)
+                    except sqlite3.Error as exc:  # as SQLAlchemy would raise it
+                        raise DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc
                     return
                 await conn.exec_driver_sql(sql, list(map(make, rows)))
                 return

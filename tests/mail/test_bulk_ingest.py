@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
 
 from mail_sync.ingest import IncomingMail, Ingestor, IngestResult, MailSource
 from store import sla
@@ -596,3 +597,42 @@ async def test_our_message_ids_and_subject_tags_thread_in_bulk(
     assert "not a participant" in reasons[4] and bulk_results[4].outcome == "created"
     assert reasons[6].endswith("status kept") and bulk_results[6].ticket_number == printer
     assert bulk_results[7].ticket_number == printer
+
+
+async def test_a_database_failure_in_the_bulk_write_is_raised_not_quarantined(
+    service: Service,
+) -> None:
+    """When the store itself fails mid-write (here a trigger on mail_seen that cannot run),
+    the batch fails as a database error and rolls back: no mail is blamed for it."""
+    acct = await setup_store(service)
+    ing = Ingestor(service, default_queue="Support")
+    items = items_for(
+        ing, acct, [mail("one", "First.", msgid="f1@x"), mail("two", "2", msgid="f2@x")]
+    )
+    async with service.db.write() as s:
+        if service.db.dialect == "sqlite":
+            await s.execute(
+                text(
+                    "CREATE TRIGGER broken BEFORE INSERT ON mail_seen "
+                    "BEGIN INSERT INTO no_such_table VALUES (1); END"
+                )
+            )
+        else:
+            await s.execute(
+                text(
+                    "CREATE FUNCTION broken() RETURNS trigger AS "
+                    "$$ BEGIN INSERT INTO no_such_table VALUES (1); RETURN NEW; END $$ "
+                    "LANGUAGE plpgsql"
+                )
+            )
+            await s.execute(
+                text(
+                    "CREATE TRIGGER broken BEFORE INSERT ON mail_seen "
+                    "FOR EACH ROW EXECUTE FUNCTION broken()"
+                )
+            )
+    with pytest.raises(DBAPIError):
+        await ing.ingest_batch(items)
+    async with service.db.read() as s:
+        assert (await s.execute(select(func.count()).select_from(Quarantine))).scalar_one() == 0
+        assert (await s.execute(select(func.count()).select_from(Ticket))).scalar_one() == 0
