@@ -111,6 +111,17 @@ def _parse_plain_fetch(data: list[Any]) -> dict[int, dict[bytes, Any]] | None:
 
 
 _UNTAGGED_FETCH = re.compile(rb"\* (\d+) FETCH (.*)\r\n", re.DOTALL)
+#: What `fetch_items` uses of imaplib beyond its public API (else: IMAPClient.fetch).
+_IMAPLIB_PARTS = (
+    "_command",
+    "_get_response",
+    "_check_bye",
+    "tagged_commands",
+    "untagged_responses",
+    "readline",
+    "read",
+    "abort",
+)
 
 
 def _literal_size(dat: bytes) -> int | None:
@@ -174,8 +185,8 @@ def fetch_items(client: IMAPClient, uids: Sequence[int], item: str) -> dict[int,
     """`client.fetch(uids, [item])` (UID FETCH) with the same result, but the responses are
     read in a tight loop (`_read_fetch_responses`) and the plain ones of a sync batch parsed
     with two regular expressions instead of imapclient's generic token-by-token parser."""
-    imap = getattr(client, "_imap", None)
-    if not uids or imap is None or not client.use_uid:
+    imap: Any = getattr(client, "_imap", None)
+    if not uids or not client.use_uid or not all(hasattr(imap, a) for a in _IMAPLIB_PARTS):
         return dict(client.fetch(list(uids), [item]))
     tag = imap._command("UID", "FETCH", join_message_ids(list(uids)), f"({item})")
     typ, text, data = _read_fetch_responses(imap, tag)

@@ -9,11 +9,13 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
+from mail_sync import engine
 from mail_sync.engine import fetch_items
 
 BODY_A = b"From: a@example.com\r\nSubject: one\r\n\r\nHello {3}\r\n* 9 FETCH (UID 1)\r\n"
@@ -182,3 +184,24 @@ def test_a_connection_lost_mid_fetch_is_an_abort(reply: Callable[[bytes], bytes]
         with pytest.raises(IMAPClientAbortError):
             fetch_items(client, [11, 12], "BODY.PEEK[]")
         client.shutdown()
+
+
+def test_an_imaplib_without_the_parts_used_falls_back_to_imapclient(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A future imaplib that lacks one of the internals the reader uses: plain `fetch`."""
+    monkeypatch.setattr(engine, "_IMAPLIB_PARTS", (*engine._IMAPLIB_PARTS, "_gone_in_3_99"))
+    used: list[str] = []
+    real = IMAPClient.fetch
+
+    def fetch(self: IMAPClient, *args: Any, **kw: Any) -> Any:
+        used.append("imapclient")
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(IMAPClient, "fetch", fetch)
+
+    def reply(tag: bytes) -> bytes:
+        return b"* 1 FETCH (UID 11 BODY[] " + _lit(BODY_A) + b")\r\n" + tag + b" OK done\r\n"
+
+    ours, theirs = _both(reply, [11], "BODY.PEEK[]")
+    assert ours == theirs and used == ["imapclient", "imapclient"]
