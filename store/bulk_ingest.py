@@ -93,8 +93,11 @@ def in_values(dialect: str, column: Any, values: Sequence[Any]) -> ColumnElement
 
 
 #: (SQL, row -> bound values) of a plain SQLite executemany, by (table, row keys).
-_InsertPlan = tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]
-_INSERT_PLANS: dict[tuple[str, tuple[str, ...]], _InsertPlan | None] = {}
+#: (INSERT statement, its column names, the row -> bound values function)
+#: PostgreSQL: inserts of at least this many rows go through COPY.
+COPY_MIN_ROWS = 20
+_InsertPlan = tuple[str, list[str], Callable[[dict[str, Any]], tuple[Any, ...]]]
+_INSERT_PLANS: dict[tuple[str, str, tuple[str, ...]], _InsertPlan | None] = {}
 
 
 def _memoised(proc: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -139,7 +142,7 @@ def _insert_plan(dialect: Dialect, table: Table, keys: tuple[str, ...]) -> _Inse
     SQL and bound values SQLAlchemy's `insert(table)` would send (each column's own bind
     processor, scalar column defaults for the columns not given), without its per-row
     parameter processing. None when a missing column has a computed default (use SQLAlchemy)."""
-    cache_key = (table.name, keys)
+    cache_key = (dialect.name, table.name, keys)
     if cache_key in _INSERT_PLANS:
         return _INSERT_PLANS[cache_key]
     plan: _InsertPlan | None
@@ -166,7 +169,7 @@ def _insert_plan(dialect: Dialect, table: Table, keys: tuple[str, ...]) -> _Inse
             f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in cols)}) "
             f"VALUES ({', '.join('?' for _ in cols)})"
         )
-        plan = (sql, _row_maker(makers))
+        plan = (sql, cols, _row_maker(makers))
     else:
         plan = None
     _INSERT_PLANS[cache_key] = plan
@@ -266,11 +269,25 @@ class MailBatchWriter:
         executemany (see `_insert_plan`): same rows, a fraction of the CPU."""
         if not rows:
             return
+        if self.dialect == "postgresql" and len(rows) >= COPY_MIN_ROWS:
+            conn = await self.session.connection()
+            plan = _insert_plan(conn.dialect, table, tuple(rows[0]))
+            raw = (await conn.get_raw_connection()).driver_connection
+            if plan is not None and raw is not None:
+                _, cols, make = plan
+                # COPY: one message stream instead of a Bind/Execute per row, and no per-row
+                # statement overhead in the server. Same connection, same transaction. An
+                # error here is asyncpg's own: the caller's fallback writes the mails one by
+                # one through SQLAlchemy, which raises a database failure as its own.
+                await raw.copy_records_to_table(
+                    table.name, records=list(map(make, rows)), columns=cols
+                )
+                return
         if self.dialect == "sqlite":
             conn = await self.session.connection()
             plan = _insert_plan(conn.dialect, table, tuple(rows[0]))
             if plan is not None:
-                sql, make = plan
+                sql, _, make = plan
                 # Straight to aiosqlite: one hop to SQLite's thread, where SQLAlchemy's
                 # adapter takes four (cursor, execute, close...) each costing the event loop
                 # a wake-up. Same connection, same transaction.

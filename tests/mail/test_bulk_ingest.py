@@ -16,7 +16,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from mail_sync.ingest import IncomingMail, Ingestor, IngestResult, MailSource
-from store import sla
+from store import bulk_ingest, sla
 from store.engine import Database
 from store.migrate import upgrade
 from store.models import (
@@ -242,7 +242,7 @@ def mixed_batch() -> list[bytes | None]:
 
 @pytest.mark.parametrize("with_sla", [False, True], ids=["no-sla", "sla"])
 async def test_bulk_batch_equals_one_by_one(
-    service: Service, other_service: Service, with_sla: bool
+    service: Service, other_service: Service, with_sla: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bulk_acct = await setup_store(service)
     single_acct = await setup_store(other_service)
@@ -258,9 +258,13 @@ async def test_bulk_batch_equals_one_by_one(
             )
     raws = mixed_batch()
 
+    # the batch's inserts as a large batch makes them (PostgreSQL: COPY), the single mails'
+    # as SQLAlchemy's INSERT: the rows must not differ
+    monkeypatch.setattr(bulk_ingest, "COPY_MIN_ROWS", 1)
     bulk = Ingestor(service, default_queue="Support")
     bulk_results = await bulk.ingest_batch(items_for(bulk, bulk_acct, raws))
 
+    monkeypatch.setattr(bulk_ingest, "COPY_MIN_ROWS", 10**9)
     single = Ingestor(other_service, default_queue="Support")
     single_results: list[IngestResult] = []
     for item in items_for(single, single_acct, raws):
@@ -600,10 +604,12 @@ async def test_our_message_ids_and_subject_tags_thread_in_bulk(
 
 
 async def test_a_database_failure_in_the_bulk_write_is_raised_not_quarantined(
-    service: Service,
+    service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When the store itself fails mid-write (here a trigger on mail_seen that cannot run),
-    the batch fails as a database error and rolls back: no mail is blamed for it."""
+    the batch fails as a database error and rolls back: no mail is blamed for it (also when
+    the failing insert is the driver's own: aiosqlite's executemany, PostgreSQL's COPY)."""
+    monkeypatch.setattr(bulk_ingest, "COPY_MIN_ROWS", 1)
     acct = await setup_store(service)
     ing = Ingestor(service, default_queue="Support")
     items = items_for(
